@@ -1,0 +1,48 @@
+# Every target is a thin wrapper over the `objectflow` CLI (uv run objectflow --help).
+SHELL := /bin/bash
+UV_VERSION := 0.9.9
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := $(HOME)/.local/bin/uv
+endif
+RUN := $(UV) run --frozen
+.DEFAULT_GOAL := help
+
+.PHONY: help bootstrap up down status clean dev demo test lint format bench check migrate
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+bootstrap: ## install uv (if missing) and the locked Python environment
+	@command -v uv >/dev/null 2>&1 || [ -x $(HOME)/.local/bin/uv ] || python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
+	@$(UV) sync --frozen --quiet
+
+up: bootstrap ## install what is missing, start and provision every service
+	@$(RUN) objectflow up
+
+down: bootstrap ## stop what `make up` started (by pid)
+	@$(RUN) objectflow down
+
+status: bootstrap ## each service: up/down, port, log file
+	@$(RUN) objectflow status
+
+clean: bootstrap ## stop everything and delete .devstack/ (caches under ~/.cache/objectflow stay)
+	@$(RUN) objectflow clean
+
+check: bootstrap ## connect to every service with the current settings, one line each
+	@$(RUN) objectflow check
+
+demo: up ## bring the stack up and push events through the functions, printing each step
+	@$(RUN) objectflow demo
+
+lint: bootstrap ## ruff format check, ruff lint, mypy on functions/
+	@$(RUN) ruff format --check .
+	@$(RUN) ruff check .
+	@$(RUN) mypy
+
+format: bootstrap ## apply ruff formatting and safe fixes
+	@$(RUN) ruff format .
+	@$(RUN) ruff check --fix .
+
+test: lint up ## lint, bring the stack up, run every test tier
+	@$(RUN) pytest tests

@@ -1,0 +1,1 @@
+"""Shared runtime for objectflow functions: settings, clients, the CloudEvent adapter."""

@@ -1,0 +1,57 @@
+"""Shared fixtures: environment isolation, the running stack's settings, condition waits."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import read_env_file
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVSTACK = ROOT / ".devstack"
+TIERS = ("unit", "integration", "e2e", "chart")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier, taken from its folder under tests/."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
+        if parts and parts[0] in TIERS:
+            item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(autouse=True)
+def isolated_env() -> Iterator[None]:
+    """Every test starts from the environment the run began with and cannot leak changes."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    """Endpoints and credentials of the running stack, as `make up` wrote them."""
+    path = DEVSTACK / "env"
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run `make up` first (make test does)")
+    return read_env_file(path)
+
+
+@pytest.fixture
+def service_env(stack_env: dict[str, str]) -> dict[str, str]:
+    """Apply the stack's settings to os.environ for this test (undone by isolated_env)."""
+    os.environ.update(stack_env)
+    return stack_env
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., object]:
+    from tests.support import wait_for as _wait_for
+
+    return _wait_for
