@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +33,20 @@ def isolated_env() -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+@pytest.fixture(autouse=True)
+def isolated_logging() -> Iterator[None]:
+    """Functions configure JSON logging on first request; undo it so no test inherits a
+    handler bound to another test's captured stderr."""
+    from functions.runtime import logging as objectflow_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    yield
+    root.handlers[:], level = saved
+    root.setLevel(level)
+    objectflow_logging.configure.cache_clear()
 
 
 @pytest.fixture(scope="session")

@@ -37,3 +37,19 @@ def wait_for(
     raise AssertionError(
         f"timed out after {timeout}s waiting for {what or condition!r}; last error: {last_error!r}"
     )
+
+
+def stop_service(name: str) -> None:
+    """Stop one real service of the local stack by its pid (as an outage would)."""
+    from devstack.process import stop
+    from devstack.services import specs
+
+    stop(specs()[name])
+
+
+def start_stack() -> None:
+    """Bring every stopped service back, exactly as a user would: `objectflow up`."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "devstack.cli", "up"], check=True)

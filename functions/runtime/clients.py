@@ -116,7 +116,7 @@ def _rabbit_rejected(exc: BaseException) -> str | None:
 def _kafka_transient() -> tuple[type[BaseException], ...]:
     import kafka.errors as e
 
-    return (e.NoBrokersAvailable, e.KafkaTimeoutError, e.KafkaConnectionError)
+    return (e.KafkaConnectionError, e.KafkaTimeoutError, e.BrokerNotAvailableError)
 
 
 def _mqtt_transient() -> tuple[type[BaseException], ...]:

@@ -1,0 +1,95 @@
+"""`objectflow`: run the local service stack (install, start, provision, inspect, stop)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from devstack import stack
+from devstack.config import PATHS, read_env_file
+from devstack.errors import DevstackError
+
+app = typer.Typer(
+    help="The local service stack: PostgreSQL, Redis, RabbitMQ, Mosquitto, Kafka, MinIO, FerretDB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+@app.command()
+def up() -> None:
+    """Install what is missing, start every service on 127.0.0.1, provision, migrate."""
+    seconds = stack.up(console)
+    console.print(f"stack up in {seconds:.1f}s; settings in {PATHS.env_file}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the processes `up` started (by pid file), gracefully, then by force."""
+    stack.down(console)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """One row per service: up/down, port, pid, log file."""
+    rows = stack.status()
+    if as_json:
+        typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
+        return
+    table = Table("service", "state", "port", "pid", "log")
+    for row in rows:
+        state = f"[green]{row.state}" if row.state == "up" else f"[red]{row.state}"
+        table.add_row(row.name, state, str(row.port), str(row.pid or "-"), row.log)
+    console.print(table)
+
+
+@app.command()
+def clean() -> None:
+    """Stop everything and delete .devstack/ (downloads and builds in ~/.cache stay)."""
+    stack.down(console)
+    shutil.rmtree(PATHS.state, ignore_errors=True)
+    console.print(f"removed {PATHS.state}")
+
+
+@app.command()
+def check() -> None:
+    """Connect to every service with the current environment (else .devstack/env values)."""
+    from devstack.check import check as run_checks
+
+    logging.disable(logging.CRITICAL)  # client libraries log retries; we print one line each
+    results = run_checks()
+    for service, outcome in results:
+        colour = "green" if outcome == "ok" else "red"
+        console.print(f"{service}: [{colour}]{escape(outcome)}[/]", highlight=False, soft_wrap=True)
+    if any(outcome != "ok" for _, outcome in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo() -> None:
+    """Run the functions against the running stack, printing each step (`make demo`)."""
+    from devstack.demo import run
+
+    if not run(read_env_file(PATHS), console):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    try:
+        app()
+    except DevstackError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":  # python -m devstack.cli, as tests/support.py runs it
+    main()

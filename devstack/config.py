@@ -1,0 +1,179 @@
+"""The one place for the local stack's defaults: ports, credentials, names and file locations.
+
+`.devstack/env`, `.devstack/endpoints.json`, the service specs and provisioning all read from here,
+so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+HOST = "127.0.0.1"
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path.home() / ".cache" / "objectflow"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the stack keeps its state (inside the repo) and its downloads (outside it)."""
+
+    state: Path = ROOT / ".devstack"
+    cache: Path = CACHE
+
+    def data(self, service: str) -> Path:
+        return self.state / "data" / service
+
+    def log(self, service: str) -> Path:
+        return self.state / "logs" / f"{service}.log"
+
+    def pid(self, service: str) -> Path:
+        return self.state / "run" / f"{service}.pid"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state / "env"
+
+    @property
+    def endpoints_file(self) -> Path:
+        return self.state / "endpoints.json"
+
+    @property
+    def bin(self) -> Path:
+        return self.cache / "bin"
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Ports, credentials and resource names of the local stack (the source documents' defaults)."""
+
+    ports: dict[str, int] = field(
+        default_factory=lambda: {
+            "postgres": 5432,
+            "redis": 6379,
+            "rabbitmq": 5672,
+            "mosquitto": 1883,
+            "kafka": 9092,
+            "minio": 9000,
+            "ferretdb": 27017,
+        }
+    )
+    kafka_controller_port: int = 9093
+    rabbitmq_dist_port: int = 25672
+    minio_console_port: int = 9001
+
+    db_name: str = "thermosense_db"
+    db_user: str = "postgres"
+    db_password: str = "password"
+    db_schema: str = "thermo"
+    redis_db: int = 0
+    admin_user: str = "admin"  # MinIO root, RabbitMQ and MQTT share the documents' admin login
+    admin_password: str = "admin1234"
+    rabbitmq_vhost: str = "/thermo"
+    rabbitmq_exchange: str = "thermo_exchange"
+    buckets: dict[str, str] = field(
+        default_factory=lambda: {
+            "MINIO_RAW_BUCKET": "thermo-raw",
+            "MINIO_PROCESSED_BUCKET": "thermo-processed",
+            "MINIO_PRODUCT_BUCKET": "product-images",
+            "MINIO_DETECTIONS_BUCKET": "detections",
+            "MINIO_FIRMWARE_BUCKET": "firmware",
+        }
+    )
+    topics: dict[str, int] = field(  # name -> partitions
+        default_factory=lambda: {
+            "job.events": 3,
+            "device.commands": 3,
+            "device.status": 6,
+            "device.telemetry": 3,
+            "job.dlq": 1,
+            "device.status.dlq": 1,
+            "product.created": 1,
+            "product.deleted": 1,
+        }
+    )
+    mongo_db: str = "runner_db"
+    mongo_collections: tuple[str, ...] = ("runner_predictions",)
+
+    def url(self, service: str) -> str:
+        port = self.ports[service]
+        user, password = self.admin_user, self.admin_password
+        return {
+            "postgres": (
+                f"postgresql://{self.db_user}:{self.db_password}@{HOST}:{port}/{self.db_name}"
+            ),
+            "redis": f"redis://{HOST}:{port}/{self.redis_db}",
+            "rabbitmq": f"amqp://{user}:{password}@{HOST}:{port}/{quote(self.rabbitmq_vhost, '')}",
+            "mosquitto": f"mqtt://{HOST}:{port}",
+            "kafka": f"{HOST}:{port}",
+            "minio": f"http://{HOST}:{port}",
+            "ferretdb": f"mongodb://{HOST}:{port}/{self.mongo_db}",
+        }[service]
+
+    def minio_env(self) -> dict[str, str]:
+        """The MinIO server's own environment (credentials now; notification targets later)."""
+        return {"MINIO_ROOT_USER": self.admin_user, "MINIO_ROOT_PASSWORD": self.admin_password}
+
+    def env(self) -> dict[str, str]:
+        """The settings functions and tests read, under the env names of DESIGN.md section 6."""
+        return {
+            "DB_HOST": HOST,
+            "DB_PORT": str(self.ports["postgres"]),
+            "DB_NAME": self.db_name,
+            "DB_USER": self.db_user,
+            "DB_PASSWORD": self.db_password,
+            "DB_SCHEMA": self.db_schema,
+            "DATABASE_URL": self.url("postgres"),
+            "REDIS_HOST": HOST,
+            "REDIS_PORT": str(self.ports["redis"]),
+            "REDIS_DB": str(self.redis_db),
+            "MINIO_ENDPOINT": self.url("minio"),
+            "MINIO_ROOT_USER": self.admin_user,
+            "MINIO_ROOT_PASSWORD": self.admin_password,
+            **self.buckets,
+            "RABBITMQ_HOST": HOST,
+            "RABBITMQ_PORT": str(self.ports["rabbitmq"]),
+            "RABBITMQ_USER": self.admin_user,
+            "RABBITMQ_PASSWORD": self.admin_password,
+            "RABBITMQ_VHOST": self.rabbitmq_vhost,
+            "RABBITMQ_EXCHANGE": self.rabbitmq_exchange,
+            "RAW_ROUTING_KEY": "raw.created",
+            "PROCESSED_ROUTING_KEY": "processed.created",
+            "MQTT_BROKER_URL": self.url("mosquitto"),
+            "MQTT_USER": self.admin_user,
+            "MQTT_PASSWORD": self.admin_password,
+            "KAFKA_BOOTSTRAP_SERVERS": self.url("kafka"),
+            "MONGODB_URI": self.url("ferretdb"),
+        }
+
+    def endpoints(self, paths: Paths) -> dict[str, dict[str, dict[str, object]]]:
+        return {
+            "services": {
+                name: {
+                    "host": HOST,
+                    "port": port,
+                    "url": self.url(name),
+                    "log": str(paths.log(name)),
+                }
+                for name, port in self.ports.items()
+            }
+        }
+
+    def write_files(self, paths: Paths) -> None:
+        paths.state.mkdir(parents=True, exist_ok=True)
+        paths.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        paths.endpoints_file.write_text(json.dumps(self.endpoints(paths), indent=2) + "\n")
+
+
+def read_env_file(paths: Paths) -> dict[str, str]:
+    """The settings the last `up` wrote (empty before the first one)."""
+    if not paths.env_file.exists():
+        return {}
+    lines = paths.env_file.read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+STACK = Stack()
+PATHS = Paths()

@@ -1,0 +1,160 @@
+"""Bring the whole stack up, down, or report on it; one progress row per service."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from devstack import install, process
+from devstack.config import PATHS, STACK
+from devstack.errors import DevstackError
+from devstack.services import ServiceSpec, specs
+
+Step = Callable[[str], None]  # reports what a row is doing now
+
+
+def progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(finished_text=" "),
+        TextColumn("[bold]{task.fields[name]:<10}"),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def run_rows(console: Console, rows: dict[str, Callable[[Step], str]]) -> None:
+    """Run each row's job (in parallel), showing its steps; raise all failures together."""
+    errors: list[str] = []
+    with progress(console) as bar:
+        tasks = {name: bar.add_task("waiting", name=name, total=1) for name in rows}
+
+        def job(name: str) -> None:
+            task: TaskID = tasks[name]
+            try:
+                done = rows[name](lambda step: bar.update(task, description=step))
+                bar.update(task, description=f"[green]✓ {done}", completed=1)
+            except DevstackError as exc:
+                errors.append(str(exc))
+                bar.update(task, description="[red]✗ failed", completed=1)
+
+        with ThreadPoolExecutor(max_workers=len(rows)) as pool:
+            list(pool.map(job, rows))
+    if errors:
+        raise DevstackError("\n\n".join(errors))
+
+
+def marker(spec: ServiceSpec) -> Path:
+    return PATHS.data(spec.name) / ".provisioned"
+
+
+def digest(spec: ServiceSpec) -> str:
+    return hashlib.sha256(json.dumps(spec.provision_inputs, sort_keys=True).encode()).hexdigest()
+
+
+def bring_up(spec: ServiceSpec, step: Step) -> str:
+    """Start `spec` unless ours already runs, then provision unless its data already has it."""
+    pid = process.our_pid(spec)
+    already = pid is not None and process.port_open(spec.port)
+    if pid is None:
+        if process.port_open(spec.port):
+            raise DevstackError(
+                f"{spec.name}: port {spec.port} is already in use by a process objectflow did "
+                f"not start; stop it or free the port"
+            )
+        _, builds = install.missing(spec.needs)
+        for build in builds:
+            step(f"building {build.name} (cached afterwards)")
+            build.install()
+        PATHS.data(spec.name).mkdir(parents=True, exist_ok=True)
+        if spec.prepare:
+            step("preparing")
+            spec.prepare()
+        step("starting")
+        pid = process.spawn(spec).pid
+    if not already:
+        step(f"waiting for port {spec.port}")
+        process.wait_ready(spec, pid)
+    if spec.provision and (not marker(spec).exists() or marker(spec).read_text() != digest(spec)):
+        step("provisioning")
+        try:
+            spec.provision()
+        except Exception as exc:  # client libraries raise their own types; name the service
+            raise DevstackError(
+                f"{spec.name}: provisioning failed: {exc!r}\n  log: {PATHS.log(spec.name)}"
+            ) from exc
+        marker(spec).write_text(digest(spec))
+    return f"{'already up' if already else 'up'} on :{spec.port}, pid {pid}"
+
+
+def migrate(step: Step) -> str:
+    from functions.runtime.migrate import apply
+
+    step("applying migrations")
+    try:
+        applied = apply(STACK.url("postgres"))
+    except Exception as exc:  # yoyo and psycopg2 errors carry the failing statement
+        raise DevstackError(f"migrations failed: {exc}") from exc
+    return f"applied {', '.join(applied)}" if applied else "up to date"
+
+
+def install_packages(packages: list[install.Apt], step: Step) -> str:
+    names = " ".join(p.package for p in packages)
+    step(f"apt-get install {names}")
+    install.install_apt(packages)
+    return f"installed {names}"
+
+
+def up(console: Console) -> float:
+    """Install, start, provision and migrate; return the seconds it took."""
+    started = time.monotonic()
+    services = specs()
+    STACK.write_files(PATHS)
+    # Debian packages first and in one apt run; Go and Maven builds happen per service, so
+    # services that need no build start meanwhile.
+    apt, _ = install.missing([need for spec in services.values() for need in spec.needs])
+    if apt:
+        run_rows(console, {"apt": partial(install_packages, apt)})
+    run_rows(console, {name: partial(bring_up, spec) for name, spec in services.items()})
+    run_rows(console, {"migrations": migrate})
+    return time.monotonic() - started
+
+
+def stop(spec: ServiceSpec, step: Step) -> str:
+    step("stopping")
+    return "stopped" if process.stop(spec) else "was not running"
+
+
+def down(console: Console) -> None:
+    run_rows(console, {name: partial(stop, spec) for name, spec in specs().items()})
+
+
+@dataclass(frozen=True)
+class Status:
+    name: str
+    state: str
+    port: int
+    pid: int | None
+    log: str
+
+
+def status() -> list[Status]:
+    return [
+        Status(
+            name=spec.name,
+            state="up" if process.is_up(spec) else "down",
+            port=spec.port,
+            pid=process.our_pid(spec),
+            log=str(PATHS.log(spec.name)),
+        )
+        for spec in specs().values()
+    ]
