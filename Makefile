@@ -1,6 +1,6 @@
 # Every target is a thin wrapper over the `objectflow` CLI (uv run objectflow --help).
 SHELL := /bin/bash
-UV_VERSION := 0.9.9
+UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null)
 ifeq ($(UV),)
 UV := $(HOME)/.local/bin/uv
