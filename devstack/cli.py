@@ -6,13 +6,15 @@ import dataclasses
 import json
 import logging
 import shutil
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from devstack import stack
+from devstack import dlq, stack
 from devstack.config import PATHS, read_env_file
 from devstack.errors import DevstackError
 
@@ -23,13 +25,41 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console()
+app.add_typer(dlq.app, name="dlq")
+
+
+VALUES_HELP = "Extra values files merged over charts/objectflow/values.yaml (like helm -f)."
+Overlays = Annotated[list[Path] | None, typer.Option("--values", "-f", help=VALUES_HELP)]
 
 
 @app.command()
-def up() -> None:
-    """Install what is missing, start every service on 127.0.0.1, provision, migrate."""
-    seconds = stack.up(console)
+def up(
+    values: Overlays = None,
+    runtime: bool = typer.Option(True, help="Also start the local runtime (broker + functions)."),
+) -> None:
+    """Install what is missing, start every service on 127.0.0.1, provision, migrate, and
+    start the local runtime: the broker and every function of the diagram."""
+    seconds = stack.up(console, values or [], runtime=runtime)
     console.print(f"stack up in {seconds:.1f}s; settings in {PATHS.env_file}")
+
+
+@app.command("runtime")
+def runtime_command(values: Overlays = None) -> None:
+    """Run the local runtime in this process (what `up` starts in the background)."""
+    from devstack.runtime import supervisor
+
+    supervisor.run(values or [], foreground=False)
+
+
+@app.command()
+def dev(values: Overlays = None) -> None:
+    """Start the services, then run the runtime in the foreground with interleaved logs;
+    Ctrl-C stops it."""
+    from devstack.runtime import supervisor
+
+    stack.up(console, values or [], runtime=False)
+    stack.stop(stack.runtime_spec(), lambda _step: None)  # frees the ports of a background one
+    supervisor.run(values or [], foreground=True)
 
 
 @app.command()
@@ -50,6 +80,12 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         state = f"[green]{row.state}" if row.state == "up" else f"[red]{row.state}"
         table.add_row(row.name, state, str(row.port), str(row.pid or "-"), row.log)
     console.print(table)
+    functions = Table("function", "state", "port", "events", "errors")
+    for fn in stack.function_status():
+        state = f"[green]{fn.state}" if fn.state == "up" else f"[red]{fn.state}"
+        functions.add_row(fn.name, state, str(fn.port), str(fn.events), str(fn.errors))
+    console.print(functions)
+    console.print(f"dead letters waiting: {stack.dead_letter_count()}")
 
 
 @app.command()
@@ -81,6 +117,17 @@ def demo() -> None:
 
     if not run(read_env_file(PATHS), console):
         raise typer.Exit(1)
+
+
+@app.command()
+def tick(
+    schedule: str = typer.Argument(help="A key of `schedules` in values.yaml."),
+    values: Overlays = None,
+) -> None:
+    """Fire one cron tick now: the schedule's PingSource event, to K_SINK or the local broker."""
+    from devstack.runtime.ticker import fire_by_hand
+
+    typer.echo(fire_by_hand(schedule, values or [])["id"])
 
 
 def main() -> None:

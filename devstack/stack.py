@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -14,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from devstack import install, process
+from devstack import install, process, wiring
 from devstack.config import PATHS, STACK
 from devstack.errors import DevstackError
 from devstack.services import ServiceSpec, specs
@@ -114,8 +115,27 @@ def install_packages(packages: list[install.Apt], step: Step) -> str:
     return f"installed {names}"
 
 
-def up(console: Console) -> float:
-    """Install, start, provision and migrate; return the seconds it took."""
+def start_runtime(overlays: Sequence[Path], step: Step) -> str:
+    """Start the local runtime (restarting it if it runs other values), wait for its functions."""
+    from devstack.runtime import supervisor
+
+    spec = supervisor.spec(overlays)
+    recorded = PATHS.pid(spec.name).with_suffix(".cmd")
+    wanted = shlex.join(spec.command)
+    if process.our_pid(spec) is not None and (
+        not recorded.exists() or recorded.read_text() != wanted
+    ):
+        step("restarting with other values")
+        process.stop(spec)
+    done = bring_up(spec, step)
+    recorded.write_text(wanted)
+    step("waiting for every function's /health")
+    supervisor.wait_healthy(wiring.load(*overlays), overlays)
+    return done
+
+
+def up(console: Console, overlays: Sequence[Path] = (), runtime: bool = True) -> float:
+    """Install, start, provision, migrate, then start the runtime; return the seconds it took."""
     started = time.monotonic()
     services = specs()
     STACK.write_files(PATHS)
@@ -126,6 +146,8 @@ def up(console: Console) -> float:
         run_rows(console, {"apt": partial(install_packages, apt)})
     run_rows(console, {name: partial(bring_up, spec) for name, spec in services.items()})
     run_rows(console, {"migrations": migrate})
+    if runtime:
+        run_rows(console, {"runtime": partial(start_runtime, overlays)})
     return time.monotonic() - started
 
 
@@ -135,7 +157,15 @@ def stop(spec: ServiceSpec, step: Step) -> str:
 
 
 def down(console: Console) -> None:
+    """Stop the runtime first (its functions use the services), then every service."""
+    run_rows(console, {"runtime": partial(stop, runtime_spec())})
     run_rows(console, {name: partial(stop, spec) for name, spec in specs().items()})
+
+
+def runtime_spec() -> ServiceSpec:
+    from devstack.runtime import supervisor
+
+    return supervisor.spec(())
 
 
 @dataclass(frozen=True)
@@ -156,5 +186,53 @@ def status() -> list[Status]:
             pid=process.our_pid(spec),
             log=str(PATHS.log(spec.name)),
         )
-        for spec in specs().values()
+        for spec in [*specs().values(), runtime_spec()]
     ]
+
+
+@dataclass(frozen=True)
+class FunctionStatus:
+    name: str
+    state: str
+    port: int
+    events: int
+    errors: int
+
+
+def function_status() -> list[FunctionStatus]:
+    """Each HTTP component of the runtime: up/down and its event counters (from /metrics)."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from devstack.runtime.supervisor import components
+
+    found = []
+    for component in components(wiring.default()):
+        if component.port is None:
+            continue
+        events = errors = 0
+        try:
+            text = requests.get(f"{component.url}metrics", timeout=1).text
+            state = "up"
+        except requests.RequestException:
+            text, state = "", "down"
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "objectflow_events_total":
+                    events += int(sample.value)
+                elif sample.name == "objectflow_errors_total":
+                    errors += int(sample.value)
+        found.append(FunctionStatus(component.name, state, component.port, events, errors))
+    return found
+
+
+def dead_letter_count() -> str:
+    """Dead letters not yet re-driven, or why it is unknown."""
+    from devstack.dlq import with_stack_settings
+    from functions.deadletter import store
+
+    try:
+        with with_stack_settings():
+            return str(store.count_pending())
+    except Exception as exc:  # status must print even when PostgreSQL is down
+        return f"unknown ({type(exc).__name__})"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -89,7 +88,7 @@ def cloudevent_function(
         def view(request: flask.Request) -> flask.Response:
             objectflow_logging.configure(name)
             if request.method == "GET":
-                return _get(name, request.path)
+                return answer_get(name, request.path)
             if request.method != "POST":
                 return _json(405, {"error": "method-not-allowed", "detail": "POST CloudEvents"})
             return _deliver(name, handler, request, accepts, idempotent)
@@ -102,7 +101,8 @@ def cloudevent_function(
     return decorate
 
 
-def _get(name: str, path: str) -> flask.Response:
+def answer_get(name: str, path: str) -> flask.Response:
+    """GET /health and GET /metrics, which every function serves."""
     if path in ("/health", "/healthz", "/readyz"):
         return _json(200, {"status": "ok", "function": name, "ts": _now()})
     if path == "/metrics":
@@ -216,7 +216,7 @@ def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) ->
         data=validated,
         subject=attributes.get("subject"),
         time=attributes.get("time"),
-        traceparent=traceparent or _new_traceparent(),
+        traceparent=traceparent or objectflow_logging.new_traceparent(),
         extensions={k: v for k, v in attributes.items() if k not in known},
     )
 
@@ -253,10 +253,6 @@ def _json(status: int, body: Mapping[str, Any]) -> flask.Response:
 def _is_json(content_type: str) -> bool:
     mime = content_type.split(";")[0].strip().lower()
     return mime in ("application/json", "text/json") or mime.endswith("+json")
-
-
-def _new_traceparent() -> str:
-    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 def _now() -> str:

@@ -1,0 +1,114 @@
+"""`objectflow dlq`: list, show, re-drive and purge dead-lettered events."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import requests
+import typer
+from cloudevents.conversion import to_binary
+from cloudevents.http import from_dict
+from rich.console import Console
+from rich.table import Table
+
+from devstack.config import PATHS, read_env_file
+
+app = typer.Typer(help="Dead-lettered events: list, show, redrive, purge.", no_args_is_help=True)
+console = Console()
+
+
+@contextlib.contextmanager
+def with_stack_settings() -> Iterator[None]:
+    """Use .devstack/env for settings the caller's environment does not set."""
+    from functions.runtime import clients, settings
+
+    saved = dict(os.environ)
+    for key, value in read_env_file(PATHS).items():
+        os.environ.setdefault(key, value)
+    settings.reset()
+    clients.reset()
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@app.command("list")
+def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None:
+    """Dead letters not yet re-driven."""
+    from functions.deadletter import store
+
+    with with_stack_settings():
+        rows = store.pending(limit)
+    table = Table("id", "when", "trigger", "type", "event id", "status", "attempts", "answer")
+    for row in rows:
+        table.add_row(
+            str(row["id"]), row["dead_lettered_at"].strftime("%Y-%m-%d %H:%M:%S"),
+            row["trigger_name"] or "-", row["event_type"], row["event_id"],
+            str(row["status_code"] or "no answer"), str(row["attempts"]),
+            (row["response_body"] or "")[:60],
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{len(rows)} dead letter(s)")
+
+
+@app.command()
+def show(letter_id: int) -> None:
+    """Everything stored about one dead letter, as JSON."""
+    console.print_json(json.dumps(_get(letter_id), default=str))
+
+
+@app.command()
+def redrive(
+    letter_ids: list[int] = typer.Argument(None, help="Ids to re-drive (default: all pending)."),
+) -> None:
+    """Deliver dead letters again to their original destination (the function that failed)."""
+    from functions.deadletter import store
+
+    with with_stack_settings():
+        rows = [_get(i) for i in letter_ids] if letter_ids else store.pending(10_000)
+        failures = 0
+        for row in rows:
+            status = _deliver(row)
+            ok = 200 <= status < 300
+            store.record_redrive(row["id"], status, ok)
+            failures += not ok
+            console.print(f"{row['id']}: {row['destination']} answered {status or 'nothing'}")
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def purge(
+    letter_ids: list[int] = typer.Argument(None, help="Ids to delete (default: re-driven ones)."),
+) -> None:
+    """Delete dead letters: the given ids, or all that were re-driven successfully."""
+    from functions.deadletter import store
+
+    with with_stack_settings():
+        console.print(f"purged {store.purge(letter_ids or None)} dead letter(s)")
+
+
+def _get(letter_id: int) -> dict[str, Any]:
+    from functions.deadletter import store
+
+    with with_stack_settings():
+        row = store.get(letter_id)
+    if row is None:
+        console.print(f"no dead letter {letter_id}")
+        raise typer.Exit(1)
+    return row
+
+
+def _deliver(row: dict[str, Any]) -> int:
+    """POST the stored event to its destination in binary mode; the HTTP status, 0 if none."""
+    headers, body = to_binary(from_dict(row["cloudevent"]))
+    try:
+        return requests.post(row["destination"], headers=headers, data=body, timeout=30).status_code
+    except requests.RequestException:
+        return 0

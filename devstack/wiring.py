@@ -1,0 +1,283 @@
+"""The wiring diagram (charts/objectflow/values.yaml) as typed, validated objects.
+
+The Helm chart and the local runtime both read the same file; this module is how Python reads
+it. `values.schema.json` is generated from these models (`objectflow wiring schema`), so the
+chart rejects exactly what the runtime rejects: unknown keys and wrong types.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+ROOT = Path(__file__).resolve().parent.parent
+VALUES = ROOT / "charts" / "objectflow" / "values.yaml"
+SCHEMA = ROOT / "charts" / "objectflow" / "values.schema.json"
+
+NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a Kubernetes object name (RFC 1123 label)
+
+
+def _kebab(name: str) -> str:
+    return name.rstrip("_").replace("_", "-")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
+    )
+
+
+def _duration(value: str) -> str:
+    TypeAdapter(timedelta).validate_python(value)  # ISO-8601, as Knative's delivery takes it
+    return value
+
+
+class Delivery(Model):
+    """Knative delivery: retries with backoff, then the dead-letter sink."""
+
+    retry: int = Field(default=5, ge=0, le=100)
+    backoff_policy: Literal["exponential", "linear"] = "exponential"
+    backoff_delay: str = "PT0.2S"
+    timeout: str = "PT30S"
+    dead_letter: bool = True
+
+    _check_delay = field_validator("backoff_delay", "timeout")(_duration)
+
+    @property
+    def backoff_seconds(self) -> float:
+        return TypeAdapter(timedelta).validate_python(self.backoff_delay).total_seconds()
+
+    @property
+    def timeout_seconds(self) -> float:
+        return TypeAdapter(timedelta).validate_python(self.timeout).total_seconds()
+
+    def delay(self, retry_number: int) -> float:
+        """Base delay before redelivery `retry_number` (1-based), as Knative computes it."""
+        if self.backoff_policy == "linear":
+            return self.backoff_seconds * retry_number
+        return self.backoff_seconds * 2 ** (retry_number - 1)
+
+
+class DeliveryOverride(Model):
+    retry: int | None = Field(default=None, ge=0, le=100)
+    backoff_policy: Literal["exponential", "linear"] | None = None
+    backoff_delay: str | None = None
+    timeout: str | None = None
+    dead_letter: bool | None = None
+
+    @field_validator("backoff_delay", "timeout")
+    @classmethod
+    def _check(cls, value: str | None) -> str | None:
+        return None if value is None else _duration(value)
+
+
+AttributeMap = dict[str, str]
+DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not_")
+
+
+class Filter(Model):
+    """One Knative `filters` expression; exactly one dialect per entry.
+
+    exact/prefix/suffix: every listed CloudEvent attribute must equal / start with / end with the
+    value. all/any/not combine nested filters. (CESQL is not supported by the local runtime.)
+    """
+
+    exact: AttributeMap | None = None
+    prefix: AttributeMap | None = None
+    suffix: AttributeMap | None = None
+    all: list[Filter] | None = None
+    any: list[Filter] | None = None
+    not_: Filter | None = Field(default=None, alias="not")
+
+    @field_validator("exact", "prefix", "suffix")
+    @classmethod
+    def _non_empty(cls, value: AttributeMap | None) -> AttributeMap | None:
+        if value is not None and not value:
+            raise ValueError("needs at least one attribute")
+        return value
+
+    def model_post_init(self, _context: Any) -> None:
+        dialects = [k for k in DIALECTS if getattr(self, k) is not None]
+        if len(dialects) != 1:
+            raise ValueError(f"a filter needs exactly one of {', '.join(DIALECTS)}; got {dialects}")
+
+    def matches(self, attributes: dict[str, Any]) -> bool:
+        def value(name: str) -> str | None:
+            found = attributes.get(name)
+            return None if found is None else str(found)
+
+        if self.exact is not None:
+            return all(value(k) == v for k, v in self.exact.items())
+        if self.prefix is not None:
+            return all((value(k) or "\0").startswith(v) for k, v in self.prefix.items())
+        if self.suffix is not None:
+            return all((value(k) or "\0").endswith(v) for k, v in self.suffix.items())
+        if self.all is not None:
+            return all(f.matches(attributes) for f in self.all)
+        if self.any is not None:
+            return any(f.matches(attributes) for f in self.any)
+        assert self.not_ is not None
+        return not self.not_.matches(attributes)
+
+
+class Trigger(Model):
+    name: str = Field(pattern=NAME)
+    filters: list[Filter] = Field(min_length=1)
+    delivery: DeliveryOverride = DeliveryOverride()
+    ordered: bool = False  # deliver one event at a time per CloudEvent `subject`
+
+    def matches(self, attributes: dict[str, Any]) -> bool:
+        return all(f.matches(attributes) for f in self.filters)
+
+
+class Function(Model):
+    entrypoint: str = Field(pattern=r"^[\w./-]+\.py:[A-Za-z_]\w*$")
+    kind: Literal["cloudevent", "http"] = "cloudevent"
+    triggers: list[Trigger] = []
+    env: dict[str, str] = {}
+
+    @property
+    def source(self) -> str:
+        return self.entrypoint.split(":")[0]
+
+    @property
+    def target(self) -> str:
+        return self.entrypoint.split(":")[1]
+
+
+class Schedule(Model):
+    cron: str
+    timezone: str = "UTC"
+    data: dict[str, Any] = {}
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from croniter import croniter
+
+        if not croniter.is_valid(value):
+            raise ValueError(f"not a valid cron expression: {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(value)  # raises for an unknown zone
+        return value
+
+
+class MqttRoute(Model):
+    topic: str = Field(min_length=1)
+    type: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    subject_segment: int | None = Field(
+        default=None, ge=0, description="Topic level (0-based) that becomes the CloudEvent subject"
+    )
+
+
+class MqttBridge(Model):
+    client_id: str = "objectflow-mqtt-bridge"
+    routes: list[MqttRoute] = []
+
+
+class MinioBucket(Model):
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    events: list[str] = ["s3:ObjectCreated:*"]
+
+
+class MinioSource(Model):
+    buckets: list[MinioBucket] = []
+
+
+class KafkaSource(Model):
+    topics: list[str] = Field(min_length=1)
+    consumer_group: str
+    initial_offset: Literal["earliest", "latest"] = "earliest"
+
+
+class Sources(Model):
+    mqtt_bridge: MqttBridge = MqttBridge()
+    minio: MinioSource = MinioSource()
+    kafka: dict[str, KafkaSource] = {}
+
+
+class Local(Model):
+    broker_port: int = Field(default=8080, gt=0, lt=65536)
+    minio_webhook_port: int = Field(default=8090, gt=0, lt=65536)
+    dead_letter_port: int = Field(default=8091, gt=0, lt=65536)
+    function_port_base: int = Field(default=8101, gt=0, lt=65536)
+
+
+class Values(Model):
+    namespace: str = Field(default="objectflow", pattern=NAME)
+    delivery: Delivery = Delivery()
+    functions: dict[str, Function] = {}
+    schedules: dict[str, Schedule] = {}
+    sources: Sources = Sources()
+    local: Local = Local()
+
+    @field_validator("functions", "schedules")
+    @classmethod
+    def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = [name for name in value if not re.match(NAME, name)]
+        if bad:
+            raise ValueError(f"names must be kebab-case Kubernetes names: {bad}")
+        return value
+
+    def delivery_for(self, trigger: Trigger) -> Delivery:
+        override = trigger.delivery.model_dump(exclude_none=True)
+        return self.delivery.model_copy(update=override)
+
+    def function_ports(self) -> dict[str, int]:
+        return {name: self.local.function_port_base + i for i, name in enumerate(self.functions)}
+
+
+class WiringError(Exception):
+    """values.yaml is unreadable or breaks the schema; the message names the key."""
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """Helm's values merge: maps merge recursively, everything else is replaced."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load(*overlays: Path, base: Path = VALUES) -> Values:
+    """Read values.yaml plus overlays (like `helm -f`), validated."""
+    raw: dict[str, Any] = {}
+    for path in (base, *overlays):
+        try:
+            document = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise WiringError(f"{path}: {exc}") from None
+        raw = _merge(raw, document)
+    try:
+        return Values.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise WiringError(f"values: {where}: {first['msg']}") from None
+
+
+@functools.cache
+def default() -> Values:
+    return load()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Values.model_json_schema(by_alias=True)
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "objectflow values"
+    return schema

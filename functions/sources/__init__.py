@@ -1,0 +1,1 @@
+"""Event-source adapters deployed alongside the functions: MQTT bridge, MinIO webhook adapter."""
