@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench check migrate
+.PHONY: help bootstrap up down status clean dev demo test lint format bench check dlq
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,12 @@ clean: bootstrap ## stop everything and delete .devstack/ (caches under ~/.cache
 check: bootstrap ## connect to every service with the current settings, one line each
 	@$(RUN) objectflow check
 
+dev: bootstrap ## start the services, run the runtime in the foreground (Ctrl-C stops it)
+	@$(RUN) objectflow dev
+
+dlq: bootstrap ## list dead-lettered events (more: uv run objectflow dlq --help)
+	@$(RUN) objectflow dlq list
+
 demo: up ## bring the stack up and push events through the functions, printing each step
 	@$(RUN) objectflow demo
 
@@ -44,5 +50,6 @@ format: bootstrap ## apply ruff formatting and safe fixes
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
-test: lint up ## lint, bring the stack up, run every test tier
+test: lint bootstrap ## lint, bring the stack up (with the e2e test subscribers), run every test tier
+	@$(RUN) objectflow up --values tests/e2e/values-e2e.yaml
 	@$(RUN) pytest tests

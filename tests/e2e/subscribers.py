@@ -1,0 +1,56 @@
+"""Test subscribers for the e2e tier, declared in values-e2e.yaml (never in the product diagram).
+
+`recorder` records every delivery it gets in Redis (`e2e:deliveries:<function>`), and behaves as
+the event's data asks, so a test can script a subscriber's answers:
+- `{"fail": [503, 503]}`: answer those statuses on the first attempts, then 200;
+- `{"broken": true}`: answer 400 while Redis key `e2e:broken:<event id>` exists ("fixed" = deleted);
+- `{"reply": "<type>"}`: answer with a reply CloudEvent of that type.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import flask
+import functions_framework
+import redis
+from cloudevents.conversion import to_binary
+from cloudevents.http import CloudEvent, from_http
+
+_store = redis.Redis(
+    host=os.environ.get("REDIS_HOST", "127.0.0.1"), port=int(os.environ.get("REDIS_PORT", "6379"))
+)
+CORE_ATTRIBUTES = {"id", "type", "source", "subject", "specversion", "time", "datacontenttype"}
+
+
+@functions_framework.http
+def recorder(request: flask.Request) -> flask.Response:
+    if request.method == "GET":
+        return flask.Response("ok")
+    name = os.environ["K_SERVICE"]
+    event = from_http(dict(request.headers), request.get_data())
+    data = event.get_data() if isinstance(event.get_data(), dict) else {}
+    attempt = _store.incr(f"e2e:attempts:{name}:{event['id']}")
+    attributes = event.get_attributes()
+    delivery = {
+        "id": event["id"], "type": event["type"], "source": event["source"],
+        "subject": event.get("subject"), "attempt": attempt, "at": time.time(),
+        "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
+        "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
+    }  # fmt: skip
+    _store.rpush(f"e2e:deliveries:{name}", json.dumps(delivery, default=str))
+    failures = data.get("fail", [])
+    if attempt <= len(failures):
+        return flask.Response(f"scripted failure {attempt}", status=failures[attempt - 1])
+    if data.get("broken") and _store.exists(f"e2e:broken:{event['id']}"):
+        return flask.Response('{"error": "still broken"}', status=400, mimetype="application/json")
+    if data.get("reply"):
+        reply = CloudEvent(
+            {"type": data["reply"], "source": f"/e2e/{name}", "id": f"reply-{event['id']}"},
+            {"in_reply_to": event["id"]},
+        )
+        headers, body = to_binary(reply)
+        return flask.Response(body, status=200, headers=headers)
+    return flask.Response(status=204)
