@@ -130,6 +130,32 @@ def tick(
     typer.echo(fire_by_hand(schedule, values or [])["id"])
 
 
+@app.command()
+def catalog(
+    write: bool = typer.Option(False, help="Rewrite the table in functions/README.md."),
+) -> None:
+    """Print the function catalog table generated from values.yaml."""
+    from devstack import wiring
+
+    table = wiring.catalog_markdown(wiring.default())
+    if not write:
+        typer.echo(table)
+        return
+    readme = wiring.ROOT / "functions" / "README.md"
+    text = readme.read_text()
+    start, end = text.index(wiring.CATALOG_START), text.index(wiring.CATALOG_END)
+    readme.write_text(text[:start] + table + text[end + len(wiring.CATALOG_END) :])
+
+
+@app.command()
+def schema() -> None:
+    """Regenerate charts/objectflow/values.schema.json from the wiring model."""
+    from devstack import wiring
+
+    wiring.SCHEMA.write_text(json.dumps(wiring.json_schema(), indent=2) + "\n")
+    console.print(f"wrote {wiring.SCHEMA}")
+
+
 def main() -> None:
     try:
         app()

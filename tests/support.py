@@ -47,9 +47,67 @@ def stop_service(name: str) -> None:
     stop(specs()[name])
 
 
+E2E_OVERLAY = Path(__file__).resolve().parent / "e2e" / "values-e2e.yaml"
+
+
 def start_stack() -> None:
-    """Bring every stopped service back, exactly as a user would: `objectflow up`."""
+    """Bring every stopped service back as a user would (`objectflow up`), keeping the runtime
+    on the diagram `make test` runs: values.yaml plus the e2e test subscribers."""
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-m", "devstack.cli", "up"], check=True)
+    command = [sys.executable, "-m", "devstack.cli", "up", "--values", str(E2E_OVERLAY)]
+    subprocess.run(command, check=True)
+
+
+class EventSink:
+    """A real HTTP sink on 127.0.0.1 that records the CloudEvents posted to it (as K_SINK).
+
+    `status` is what it answers (set 503 to play an outage); `refused` counts the posts it
+    answered with an error, `events` holds the accepted ones in arrival order.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from cloudevents.http import CloudEvent, from_http
+
+        self.status = 200
+        self.refused = 0
+        self.events: list[CloudEvent] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with sink._lock:
+                    status = sink.status
+                    if status < 300:
+                        sink.events.append(from_http(dict(self.headers), body))
+                    else:
+                        sink.refused += 1
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: object) -> None:  # keep pytest output clean
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def accepted(self, predicate: Callable[[object], bool] = lambda _e: True) -> list:
+        """Accepted events matching `predicate`, once each (by id), in first-arrival order."""
+        with self._lock:
+            events = list(self.events)
+        unique: dict[str, object] = {}
+        for event in filter(predicate, events):
+            unique.setdefault(event["id"], event)
+        return list(unique.values())
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from tests.conftest import DEVSTACK
+from tests.support import E2E_OVERLAY
 
 OBJECTFLOW = Path(sys.executable).with_name("objectflow")
 
@@ -35,14 +36,14 @@ def pids() -> dict[str, object]:
 
 
 def up() -> None:
-    result = objectflow("up")
+    result = objectflow("up", "--values", str(E2E_OVERLAY))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_status_reports_every_service_up() -> None:
     services = status()
     assert set(services) == {
-        "postgres", "redis", "rabbitmq", "mosquitto", "kafka", "minio", "ferretdb",
+        "postgres", "redis", "rabbitmq", "mosquitto", "kafka", "minio", "ferretdb", "runtime",
     }  # fmt: skip
     for name, row in services.items():
         assert row["state"] == "up", name
