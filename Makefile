@@ -50,6 +50,9 @@ format: bootstrap ## apply ruff formatting and safe fixes
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
+bench: bootstrap ## benchmark the local runtime: broker hop latency, cold start, memory (bench/out/)
+	@$(RUN) objectflow bench
+
 test: lint bootstrap ## lint, bring the stack up (with the e2e test subscribers), run every test tier
 	@$(RUN) objectflow up --values tests/e2e/values-e2e.yaml
 	@$(RUN) pytest tests

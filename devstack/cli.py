@@ -156,6 +156,22 @@ def schema() -> None:
     console.print(f"wrote {wiring.SCHEMA}")
 
 
+@app.command()
+def bench(
+    seconds: float = typer.Option(10.0, help="Measured seconds per rate and path."),
+    warmup: float = typer.Option(2.0, help="Warm-up seconds before each measurement."),
+    repeats: int = typer.Option(5, help="Cold starts per function."),
+) -> None:
+    """Benchmark the local runtime: latency one broker hop adds (open-loop at 200 and 1,000
+    events/s, broker vs direct POST), cold start and RSS of an adapter function vs a bare
+    functions-framework hello-world. Brings the runtime up with bench/values-bench.yaml;
+    prints a table, writes bench/out/runtime.json and runtime.png."""
+    from bench.runtime import run
+
+    if not run(console, seconds=seconds, warmup=warmup, repeats=repeats):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app()

@@ -7,6 +7,8 @@ so they cannot disagree.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -14,6 +16,8 @@ from urllib.parse import quote
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "objectflow"
+MINIO_WEBHOOK_TARGET = "OBJECTFLOW"  # MinIO's id for the notification target of the env below
+MINIO_WEBHOOK_ARN = f"arn:minio:sqs::{MINIO_WEBHOOK_TARGET}:webhook"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,19 @@ class Paths:
     @property
     def bin(self) -> Path:
         return self.cache / "bin"
+
+    def secret(self, name: str) -> str:
+        """A random token made on first use and kept in .devstack/secrets (never in git)."""
+        path = self.state / "secrets" / name
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:  # O_EXCL: two concurrent `objectflow` commands cannot write different tokens
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w") as file:
+            file.write(token)
+        return token
 
 
 @dataclass(frozen=True)
@@ -112,12 +129,29 @@ class Stack:
             "ferretdb": f"mongodb://{HOST}:{port}/{self.mongo_db}",
         }[service]
 
-    def minio_env(self) -> dict[str, str]:
-        """The MinIO server's own environment (credentials now; notification targets later)."""
-        return {"MINIO_ROOT_USER": self.admin_user, "MINIO_ROOT_PASSWORD": self.admin_password}
+    def minio_env(self, paths: Paths | None = None) -> dict[str, str]:
+        """The MinIO server's own environment: credentials and the webhook notification target.
 
-    def env(self) -> dict[str, str]:
+        The target queues notifications in a directory until the adapter accepts them, so MinIO
+        starts, and loses nothing, while the adapter is down.
+        """
+        from devstack import wiring
+
+        paths = paths or PATHS
+        port = wiring.default().local.minio_webhook_port
+        target = MINIO_WEBHOOK_TARGET
+        return {
+            "MINIO_ROOT_USER": self.admin_user,
+            "MINIO_ROOT_PASSWORD": self.admin_password,
+            f"MINIO_NOTIFY_WEBHOOK_ENABLE_{target}": "on",
+            f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target}": f"http://{HOST}:{port}/",
+            f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{target}": paths.secret("minio-webhook-token"),
+            f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{target}": str(paths.data("minio") / "notify-queue"),
+        }
+
+    def env(self, paths: Paths | None = None) -> dict[str, str]:
         """The settings functions and tests read, under the env names of DESIGN.md section 6."""
+        paths = paths or PATHS
         return {
             "DB_HOST": HOST,
             "DB_PORT": str(self.ports["postgres"]),
@@ -132,6 +166,7 @@ class Stack:
             "MINIO_ENDPOINT": self.url("minio"),
             "MINIO_ROOT_USER": self.admin_user,
             "MINIO_ROOT_PASSWORD": self.admin_password,
+            "MINIO_WEBHOOK_TOKEN": paths.secret("minio-webhook-token"),
             **self.buckets,
             "RABBITMQ_HOST": HOST,
             "RABBITMQ_PORT": str(self.ports["rabbitmq"]),
@@ -163,7 +198,7 @@ class Stack:
 
     def write_files(self, paths: Paths) -> None:
         paths.state.mkdir(parents=True, exist_ok=True)
-        paths.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env().items()))
+        paths.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env(paths).items()))
         paths.endpoints_file.write_text(json.dumps(self.endpoints(paths), indent=2) + "\n")
 
 

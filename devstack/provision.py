@@ -12,7 +12,7 @@ from typing import Any
 
 from tenacity import retry, stop_after_delay, wait_fixed
 
-from devstack.config import HOST, Stack
+from devstack.config import HOST, MINIO_WEBHOOK_ARN, Stack
 
 retried = retry(stop=stop_after_delay(60), wait=wait_fixed(0.5), reraise=True)
 
@@ -69,9 +69,26 @@ def minio(stack: Stack) -> None:
         aws_secret_access_key=stack.admin_password,
         region_name="us-east-1",
     )
+    notify = minio_notifications()
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
-    for bucket in set(stack.buckets.values()) - existing:
+    wanted = set(stack.buckets.values()) | set(notify)
+    for bucket in wanted - existing:
         s3.create_bucket(Bucket=bucket)
+    # The whole configuration is replaced, so a bucket dropped from values.yaml stops notifying.
+    for bucket in sorted(wanted):
+        queues = (
+            [{"QueueArn": MINIO_WEBHOOK_ARN, "Events": notify[bucket]}] if bucket in notify else []
+        )
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": queues}
+        )
+
+
+def minio_notifications() -> dict[str, list[str]]:
+    """Bucket -> S3 event names to notify the webhook adapter of (values.yaml sources.minio)."""
+    from devstack import wiring
+
+    return {b.bucket: list(b.events) for b in wiring.default().sources.minio.buckets}
 
 
 @retried

@@ -298,9 +298,9 @@ def minio(stack: Stack, paths: Paths) -> ServiceSpec:
         port=stack.ports["minio"],
         command=command,
         needs=(MINIO,),
-        env=stack.minio_env(),
+        env=stack.minio_env(paths),
         provision=lambda: provision.minio(stack),
-        provision_inputs=sorted(stack.buckets.values()),
+        provision_inputs=[sorted(stack.buckets.values()), provision.minio_notifications()],
     )
 
 

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+
+from functions.sources.routes import VALUES_CONFIG, MqttBridge
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "charts" / "objectflow" / "values.yaml"
@@ -23,14 +25,8 @@ SCHEMA = ROOT / "charts" / "objectflow" / "values.schema.json"
 NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a Kubernetes object name (RFC 1123 label)
 
 
-def _kebab(name: str) -> str:
-    return name.rstrip("_").replace("_", "-")
-
-
 class Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=_kebab, populate_by_name=True
-    )
+    model_config = VALUES_CONFIG
 
 
 def _duration(value: str) -> str:
@@ -176,19 +172,6 @@ class Schedule(Model):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from None
         return value
-
-
-class MqttRoute(Model):
-    topic: str = Field(min_length=1)
-    type: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
-    subject_segment: int | None = Field(
-        default=None, ge=0, description="Topic level (0-based) that becomes the CloudEvent subject"
-    )
-
-
-class MqttBridge(Model):
-    client_id: str = "objectflow-mqtt-bridge"
-    routes: list[MqttRoute] = []
 
 
 class MinioBucket(Model):

@@ -8,6 +8,7 @@ before any side effect.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +31,35 @@ class EchoReply(EventData):
     received: int = Field(description="How many distinct echo requests have been recorded")
 
 
+# --- s3: MinIO bucket notifications, one event per object (functions/sources/minio_webhook) ---
+
+
+class S3ObjectEvent(EventData):
+    """One object in a MinIO bucket notification record."""
+
+    bucket: str = Field(min_length=3, max_length=63)
+    key: str = Field(min_length=1, description="Object key, URL-decoded")
+    size: int | None = Field(default=None, ge=0)
+    etag: str | None = None
+    content_type: str | None = None
+    user_metadata: dict[str, str] = Field(
+        default_factory=dict, description="x-amz-meta-* headers, prefix stripped, lower-case"
+    )
+    version_id: str | None = None
+    sequencer: str | None = None
+    event_name: str = Field(pattern=r"^s3:Object(Created|Removed):")
+    event_time: datetime
+
+
+class S3ObjectCreated(S3ObjectEvent):
+    size: int = Field(ge=0)
+    event_name: str = Field(pattern=r"^s3:ObjectCreated:")
+
+
+class S3ObjectRemoved(S3ObjectEvent):
+    event_name: str = Field(pattern=r"^s3:ObjectRemoved:")
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str
@@ -49,6 +79,16 @@ CATALOG: dict[str, EventType] = {
             "objectflow.echo.replied.v1",
             EchoReply,
             "The echo function's reply to a request.",
+        ),
+        EventType(
+            "objectflow.s3.object.created.v1",
+            S3ObjectCreated,
+            "An object was written to a watched MinIO bucket (subject: bucket/key).",
+        ),
+        EventType(
+            "objectflow.s3.object.removed.v1",
+            S3ObjectRemoved,
+            "An object was deleted from a watched MinIO bucket (subject: bucket/key).",
         ),
     )
 }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -60,11 +60,11 @@ def start_stack() -> None:
     subprocess.run(command, check=True)
 
 
-class EventSink:
-    """A real HTTP sink on 127.0.0.1 that records the CloudEvents posted to it (as K_SINK).
+class RecordingSink:
+    """A real HTTP sink on 127.0.0.1 (use its `url` as K_SINK) recording every delivery attempt.
 
-    `status` is what it answers (set 503 to play an outage); `refused` counts the posts it
-    answered with an error, `events` holds the accepted ones in arrival order.
+    It answers `status` (default 202), or whatever `answer(event)` returns when set, so a test
+    can play an outage (503) or a rejection (400) for all events or for one.
     """
 
     def __init__(self) -> None:
@@ -73,21 +73,19 @@ class EventSink:
 
         from cloudevents.http import CloudEvent, from_http
 
-        self.status = 200
-        self.refused = 0
-        self.events: list[CloudEvent] = []
+        self.status = 202
+        self.answer: Callable[[CloudEvent], int] = lambda _event: self.status
+        self.attempts: list[tuple[CloudEvent, int]] = []
         self._lock = threading.Lock()
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                event = from_http(dict(self.headers), body)
+                status = sink.answer(event)
                 with sink._lock:
-                    status = sink.status
-                    if status < 300:
-                        sink.events.append(from_http(dict(self.headers), body))
-                    else:
-                        sink.refused += 1
+                    sink.attempts.append((event, status))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -99,14 +97,33 @@ class EventSink:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
 
-    def accepted(self, predicate: Callable[[object], bool] = lambda _e: True) -> list:
-        """Accepted events matching `predicate`, once each (by id), in first-arrival order."""
+    def __enter__(self) -> RecordingSink:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def accepted(
+        self, predicate: Callable[[Any], bool] = lambda _e: True, *, unique: bool = False
+    ) -> list[Any]:
+        """Accepted events matching `predicate` in arrival order; `unique`: once per id."""
         with self._lock:
-            events = list(self.events)
-        unique: dict[str, object] = {}
+            events = [event for event, status in self.attempts if status < 300]
+        if not unique:
+            return [event for event in events if predicate(event)]
+        first: dict[str, Any] = {}
         for event in filter(predicate, events):
-            unique.setdefault(event["id"], event)
-        return list(unique.values())
+            first.setdefault(event["id"], event)
+        return list(first.values())
+
+    @property
+    def refused(self) -> int:
+        with self._lock:
+            return sum(1 for _event, status in self.attempts if status >= 300)
+
+    def tries(self, event_id: str) -> int:
+        with self._lock:
+            return sum(1 for event, _status in self.attempts if event["id"] == event_id)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -3,8 +3,8 @@
 Knative (and the local broker) send the original CloudEvent with extensions describing the last
 failure: `knativeerrordest` (subscriber URL), `knativeerrorcode` (its last HTTP status) and
 `knativeerrordata` (its response body, base64, at most 1 KiB). The local broker adds
-`objectflowattempts`, `objectflowtrigger`, `objectflowfirstattempt`, `objectflowlastattempt`. Everything is stored so
-`objectflow dlq list|show|redrive|purge` can inspect and re-deliver.
+`objectflowattempts`, `objectflowtrigger`, `objectflowfirstattempt` and `objectflowlastattempt`.
+Everything is stored so `objectflow dlq list|show|redrive|purge` can inspect and re-deliver.
 """
 
 from __future__ import annotations
@@ -94,4 +94,6 @@ def dead_letter(request: flask.Request) -> flask.Response:
         body = {"status": "stored", "id": letter_id}
         return flask.Response(json.dumps(body), status=202, mimetype="application/json")
     except ObjectflowError as exc:
-        return flask.Response(json.dumps(exc.body()), status=exc.status, mimetype="application/json")
+        return flask.Response(
+            json.dumps(exc.body()), status=exc.status, mimetype="application/json"
+        )

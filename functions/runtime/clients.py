@@ -418,8 +418,19 @@ class MqttPublisher:
         call("mqtt", attempt)
 
 
-def connect_mqtt(client_id: str = "", *, clean_start: bool = True, timeout: float = 5.0) -> Any:
-    """A new connected paho client (MQTT 3.1.1); raises MqttRejected on bad credentials."""
+def connect_mqtt(
+    client_id: str = "",
+    *,
+    clean_start: bool = True,
+    timeout: float = 5.0,
+    manual_ack: bool = False,
+    on_message: Callable[..., None] | None = None,
+) -> Any:
+    """A new connected paho client (MQTT 3.1.1); raises MqttRejected on bad credentials.
+
+    `on_message` is set before connecting: a persistent session delivers queued messages
+    right after CONNACK, and paho drops (never acks) messages that arrive without a callback.
+    """
     import paho.mqtt.client as mqtt
 
     cfg = settings.mqtt()
@@ -428,7 +439,9 @@ def connect_mqtt(client_id: str = "", *, clean_start: bool = True, timeout: floa
         client_id=client_id,
         clean_session=clean_start,
         protocol=mqtt.MQTTv311,
+        manual_ack=manual_ack,
     )
+    client.on_message = on_message
     if cfg.user:
         client.username_pw_set(cfg.user, cfg.password.get_secret_value() if cfg.password else None)
     if cfg.tls:

@@ -1,0 +1,223 @@
+"""MinIO bucket notifications -> CloudEvents: a functions-framework HTTP function.
+
+    functions-framework --source functions/sources/minio_webhook.py --target minio_webhook
+
+MinIO posts S3 event JSON (`{"EventName", "Key", "Records": [...]}`) with
+`Authorization: Bearer $MINIO_WEBHOOK_TOKEN`. Each record becomes one CloudEvent
+(`objectflow.s3.object.created.v1` / `.removed.v1`, subject `bucket/key`) posted to `K_SINK`.
+Answers: 200 once every event was accepted, 401 for a missing or wrong token, 400 for a body
+that is not a notification, 503 when the sink is unavailable, so MinIO keeps the notification
+in its queue dir and retries it (the stable ids make the retried events dedupe downstream).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import os
+from datetime import datetime
+from typing import Any
+from urllib.parse import unquote_plus
+
+import flask
+import functions_framework
+import requests
+from cloudevents.http import CloudEvent
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from functions.events import CATALOG
+from functions.runtime import logging as objectflow_logging
+from functions.runtime.adapter import answer_get
+from functions.runtime.errors import ObjectflowError, SettingsError
+from functions.sources import sink
+
+NAME = "minio-webhook"
+TOKEN_ENV = "MINIO_WEBHOOK_TOKEN"
+META_PREFIX = "x-amz-meta-"
+TYPES = {
+    "s3:ObjectCreated:": "objectflow.s3.object.created.v1",
+    "s3:ObjectRemoved:": "objectflow.s3.object.removed.v1",
+}
+log = logging.getLogger("objectflow.sources.minio_webhook")
+
+
+# --- the notification as MinIO sends it (only the fields we read) ----------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class S3Object(_Model):
+    key: str = Field(min_length=1)
+    size: int | None = None
+    etag: str | None = Field(default=None, alias="eTag")
+    content_type: str | None = Field(default=None, alias="contentType")
+    user_metadata: dict[str, str] = Field(default_factory=dict, alias="userMetadata")
+    version_id: str | None = Field(default=None, alias="versionId")
+    sequencer: str | None = None
+
+
+class S3Bucket(_Model):
+    name: str = Field(min_length=1)
+
+
+class S3Entity(_Model):
+    bucket: S3Bucket
+    object: S3Object
+
+
+class Record(_Model):
+    event_name: str = Field(alias="eventName")
+    event_time: datetime = Field(alias="eventTime")
+    s3: S3Entity
+
+
+class Notification(_Model):
+    records: list[Record] = Field(alias="Records")
+
+
+# --- domain: record -> CloudEvent --------------------------------------------------------------
+
+
+def event_type(event_name: str) -> str | None:
+    return next((t for prefix, t in TYPES.items() if event_name.startswith(prefix)), None)
+
+
+def user_metadata(raw: dict[str, str]) -> dict[str, str]:
+    """`X-Amz-Meta-Camera-Id: 7` -> `camera-id: 7`; system entries (content-type) are dropped."""
+    return {
+        name.lower().removeprefix(META_PREFIX): value
+        for name, value in raw.items()
+        if name.lower().startswith(META_PREFIX)
+    }
+
+
+def event_id(bucket: str, key: str, version_id: str | None, sequencer: str | None) -> str:
+    """Same notification, same id: MinIO's retries of a queued notification dedupe downstream."""
+    parts = (bucket, key, version_id or "", sequencer or "")
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+
+
+def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent | None:
+    """The CloudEvent for one record, validated against the catalog; None for other events."""
+    ce_type = event_type(record.event_name)
+    if ce_type is None:
+        return None
+    obj, bucket = record.s3.object, record.s3.bucket.name
+    key = unquote_plus(obj.key)  # MinIO URL-encodes keys in notifications, space as `+`
+    data = CATALOG[ce_type].model.model_validate(
+        {
+            "bucket": bucket,
+            "key": key,
+            "size": obj.size,
+            "etag": obj.etag,
+            "content_type": obj.content_type,
+            "user_metadata": user_metadata(obj.user_metadata),
+            "version_id": obj.version_id,
+            "sequencer": obj.sequencer,
+            "event_name": record.event_name,
+            "event_time": record.event_time,
+        }
+    )
+    attributes = {
+        "id": event_id(bucket, key, obj.version_id, obj.sequencer),
+        "source": f"minio:{bucket}",
+        "type": ce_type,
+        "subject": f"{bucket}/{key}",
+        "time": record.event_time.isoformat().replace("+00:00", "Z"),
+        "datacontenttype": "application/json",
+        "traceparent": traceparent or objectflow_logging.new_traceparent(),
+    }
+    return CloudEvent(attributes, data.model_dump(mode="json"))
+
+
+def authorized(header: str | None, token: str) -> bool:
+    scheme, _, presented = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
+
+
+# --- the HTTP function ------------------------------------------------------------------------
+
+
+@functools.cache
+def _session() -> requests.Session:
+    return requests.Session()  # keep-alive to the sink across notifications
+
+
+def _token() -> str:
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise SettingsError(TOKEN_ENV, "must be set to the token MinIO's webhook target sends")
+    return token
+
+
+def _json(status: int, body: dict[str, Any]) -> flask.Response:
+    return flask.Response(json.dumps(body), status=status, mimetype="application/json")
+
+
+def _forward(events: list[CloudEvent]) -> None:
+    """Post every event; a rejected one is logged and dropped (it can never be accepted)."""
+    url = sink.sink_url()
+    for event in events:
+        with objectflow_logging.event_context(
+            event_id=event["id"],
+            event_type=event["type"],
+            event_subject=event["subject"],
+            traceparent=event["traceparent"],
+        ):
+            try:
+                sink.post(_session(), url, event)
+            except sink.SinkRejected as exc:
+                log.error("sink rejected the event for good", extra={"error": str(exc)})
+                sink.MESSAGES.labels(NAME, "rejected").inc()
+                continue
+            sink.MESSAGES.labels(NAME, "forwarded").inc()
+            log.info("object event forwarded")
+
+
+def handle(request: flask.Request) -> flask.Response:
+    if not authorized(request.headers.get("Authorization"), _token()):
+        return _json(401, {"error": "unauthorized", "detail": "missing or wrong bearer token"})
+    try:
+        notification = Notification.model_validate_json(request.get_data())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        detail = f"not a MinIO notification: {where}: {first['msg']}"
+        return _json(400, {"error": "bad-notification", "detail": detail, "field": where})
+    events = []
+    for record in notification.records:
+        sink.MESSAGES.labels(NAME, "received").inc()
+        event = to_cloudevent(record, request.headers.get("traceparent"))
+        if event is None:
+            log.info(
+                "skipping event %s", record.event_name, extra={"bucket": record.s3.bucket.name}
+            )
+            sink.MESSAGES.labels(NAME, "skipped").inc()
+        else:
+            events.append(event)
+    try:
+        _forward(events)
+    except sink.SinkUnavailable as exc:
+        log.warning("sink unavailable; MinIO will retry", extra={"error": str(exc)})
+        sink.SINK_RETRIES.labels(NAME).inc()
+        return _json(503, {"error": "sink-unavailable", "detail": str(exc)})
+    return _json(200, {"forwarded": len(events)})
+
+
+@functions_framework.http
+def minio_webhook(request: flask.Request) -> flask.Response:
+    objectflow_logging.configure(NAME)
+    if request.method in ("GET", "HEAD"):
+        return answer_get(NAME, request.path)
+    if request.method != "POST":
+        return _json(405, {"error": "method-not-allowed", "detail": "POST MinIO notifications"})
+    try:
+        return handle(request)
+    except ObjectflowError as exc:  # settings: a 5xx, so MinIO keeps the notification
+        log.error("cannot handle notifications: %s", exc.detail, extra={"field": exc.field})
+        return _json(exc.status, exc.body())

@@ -1,0 +1,283 @@
+"""MQTT -> CloudEvents bridge: `python -m functions.sources.mqtt_bridge`.
+
+Subscribes every route's topic at QoS 1 in a persistent session (fixed client id, no clean
+session) and posts one CloudEvent per message to `K_SINK`. A message is acknowledged to the
+broker only once the sink accepted its event, so nothing is lost while the sink or the bridge
+is down: the broker keeps unacknowledged messages and redelivers them, and the stable event id
+(topic + payload) lets the broker downstream drop the duplicates.
+
+Settings: `K_SINK`, `OBJECTFLOW_MQTT_ROUTES` (JSON list of values.yaml `sources.mqtt-bridge`
+routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT` (optional) and the `MQTT_*`
+connection settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pydantic_settings
+import requests
+import tenacity
+from cloudevents.http import CloudEvent
+from paho.mqtt.client import MQTTMessage, topic_matches_sub
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from functions.runtime import clients, settings
+from functions.runtime import logging as objectflow_logging
+from functions.runtime.errors import SettingsError
+from functions.sources import sink
+from functions.sources.routes import MqttBridge, MqttRoute
+
+SOURCE = "mqtt-bridge"
+ROUTES_ENV = "OBJECTFLOW_MQTT_ROUTES"
+log = logging.getLogger("objectflow.sources.mqtt_bridge")
+
+
+class BridgeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OBJECTFLOW_MQTT_", extra="ignore")
+
+    routes: list[MqttRoute] = Field(min_length=1)
+    client_id: str = Field(default=MqttBridge().client_id, min_length=1)
+    metrics_port: int | None = Field(
+        default=None, gt=0, lt=65536, validation_alias="OBJECTFLOW_METRICS_PORT"
+    )
+    max_backoff: float = Field(default=30.0, gt=0, description="Cap of the sink retry delay (s)")
+
+
+def load_settings() -> BridgeSettings:
+    try:
+        return settings.load(BridgeSettings)
+    except pydantic_settings.SettingsError as exc:  # the env value is not JSON at all
+        raise SettingsError(
+            ROUTES_ENV, f"must be a JSON list of routes ({exc.__cause__})"
+        ) from None
+
+
+# --- domain: message -> CloudEvent (no servers involved) -------------------------------------
+
+
+def match_route(routes: Sequence[MqttRoute], topic: str) -> MqttRoute | None:
+    """The first route whose topic filter (with + and # wildcards) matches `topic`."""
+    return next((route for route in routes if topic_matches_sub(route.topic, topic)), None)
+
+
+def message_id(topic: str, payload: bytes) -> str:
+    """Same message, same id: a redelivery (or a re-publish) dedupes downstream."""
+    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
+
+
+def topic_level(topic: str, index: int | None) -> str | None:
+    levels = topic.split("/")
+    if index is None or index >= len(levels):
+        return None
+    return levels[index] or None
+
+
+def decode_payload(payload: bytes) -> tuple[str, Any]:
+    """(datacontenttype, data): parsed JSON when the payload is JSON, else the raw bytes."""
+    try:
+        return "application/json", json.loads(payload)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return "application/octet-stream", payload
+
+
+def to_cloudevent(route: MqttRoute, topic: str, payload: bytes, origin: str) -> CloudEvent:
+    """The CloudEvent for one MQTT message; `origin` is `mqtt://host:port`."""
+    content_type, data = decode_payload(payload)
+    attributes = {
+        "id": message_id(topic, payload),
+        "source": f"{origin}/{quote(topic, safe='/')}",
+        "type": route.type,
+        "datacontenttype": content_type,
+        "traceparent": objectflow_logging.new_traceparent(),
+    }
+    subject = topic_level(topic, route.subject_segment)
+    if subject is not None:
+        attributes["subject"] = subject
+    return CloudEvent(attributes, data)
+
+
+# --- the bridge: paho network thread -> queue -> one worker that posts and acks ------------------
+
+
+@dataclass
+class Bridge:
+    config: BridgeSettings
+    sink_url: str
+    origin: str
+
+    def __post_init__(self) -> None:
+        self.inbox: queue.Queue[MQTTMessage | None] = queue.Queue()
+        self.stopping = threading.Event()
+        self.session = requests.Session()
+        self.client: Any = None
+
+    def _retrying(self, retry: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
+        """Retry forever with jittered exponential backoff; stop (re-raise) once stopping."""
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(retry),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.config.max_backoff),
+            stop=lambda _state: self.stopping.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)  # SIGTERM interrupts a backoff at once
+
+    @staticmethod
+    def _log_retry(state: tenacity.RetryCallState) -> None:
+        if state.fn is sink.post:
+            sink.SINK_RETRIES.labels(SOURCE).inc()
+        error = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "%s failed, retrying",
+            getattr(state.fn, "__name__", "call"),
+            extra={"attempt": state.attempt_number, "error": str(error)},
+        )
+
+    # paho callbacks run on its network thread: keep them short, never block on the sink.
+
+    def _on_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
+        sink.MESSAGES.labels(SOURCE, "received").inc()
+        self.inbox.put(message)
+
+    def _on_connect(self, client: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.warning("MQTT broker refused the connection", extra={"reason": str(reason)})
+            return
+        self._subscribe(client)
+        log.info("reconnected to MQTT", extra={"session_present": flags.session_present})
+
+    def _on_subscribe(self, _client: Any, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        granted = [str(code) for code in codes]
+        if any(code.is_failure for code in codes):
+            log.error("MQTT broker refused a subscription", extra={"granted": granted})
+        else:
+            log.info("subscribed", extra={"granted": granted})
+
+    def _on_disconnect(self, _client: Any, _u: Any, _flags: Any, reason: Any, _p: Any) -> None:
+        if not self.stopping.is_set():
+            log.warning("MQTT connection lost, reconnecting", extra={"reason": str(reason)})
+
+    def _subscribe(self, client: Any) -> None:
+        # Re-subscribing is harmless with a persistent session and needed when it was lost.
+        client.subscribe([(route.topic, 1) for route in self.config.routes])
+
+    def connect(self) -> Any:
+        connect = self._retrying((OSError, clients.MqttUnavailable))
+        client = connect(
+            clients.connect_mqtt,
+            self.config.client_id,
+            clean_start=False,
+            manual_ack=True,
+            on_message=self._on_message,
+        )
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.reconnect_delay_set(min_delay=1, max_delay=int(self.config.max_backoff))
+        self._subscribe(client)
+        return client
+
+    def handle(self, message: MQTTMessage) -> None:
+        """Forward one message, then ack it; raises SinkUnavailable only when stopping."""
+        route = match_route(self.config.routes, message.topic)
+        if route is None:  # a subscription left in the persistent session by an older config
+            log.warning("no route for topic, dropping", extra={"topic": message.topic})
+            outcome = "skipped"
+        else:
+            event = to_cloudevent(route, message.topic, bytes(message.payload), self.origin)
+            with objectflow_logging.event_context(
+                event_id=event["id"],
+                event_type=event["type"],
+                event_source=event["source"],
+                event_subject=event.get("subject"),
+                traceparent=event["traceparent"],
+                topic=message.topic,
+            ):
+                outcome = self.forward(event)
+        sink.MESSAGES.labels(SOURCE, outcome).inc()
+        self.client.ack(message.mid, message.qos)
+
+    def forward(self, event: CloudEvent) -> str:
+        try:
+            self._retrying(sink.SinkUnavailable)(sink.post, self.session, self.sink_url, event)
+        except sink.SinkRejected as exc:
+            log.error(
+                "sink rejected the event for good; acknowledging it", extra={"error": str(exc)}
+            )
+            return "rejected"
+        return "forwarded"
+
+    def work(self) -> None:
+        # One worker, FIFO: messages keep their arrival order (per topic, as MQTT guarantees).
+        for message in iter(self.inbox.get, None):
+            if self.stopping.is_set():
+                return
+            try:
+                self.handle(message)
+            except sink.SinkUnavailable:
+                return  # stopping: not acked, the broker redelivers it to the next run
+
+    def run(self) -> None:
+        try:
+            self.client = self.connect()
+        except (OSError, clients.MqttUnavailable):
+            if self.stopping.is_set():
+                return
+            raise
+        worker = threading.Thread(target=self.work, name="mqtt-bridge-worker")
+        worker.start()
+        log.info(
+            "bridging MQTT to the sink",
+            extra={"routes": [r.topic for r in self.config.routes], "sink": self.sink_url},
+        )
+        self.stopping.wait()
+        self.inbox.put(None)
+        worker.join(timeout=10)
+        self.client.disconnect()
+        self.client.loop_stop()
+        log.info("stopped")
+
+    def stop(self, *_args: object) -> None:
+        self.stopping.set()
+
+
+def main() -> int:
+    objectflow_logging.configure(SOURCE)
+    try:
+        config = load_settings()
+        mqtt = settings.mqtt()
+        bridge = Bridge(config, sink.sink_url(), f"mqtt://{mqtt.host}:{mqtt.port}")
+        if config.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(config.metrics_port)
+        handler: Callable[..., None] = bridge.stop
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        bridge.run()
+    except SettingsError as exc:
+        log.error("bad settings: %s", exc.detail, extra={"setting": exc.setting})
+        return 2
+    except clients.MqttRejected as exc:
+        log.error("MQTT broker rejected MQTT_USER/MQTT_PASSWORD: %s", exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

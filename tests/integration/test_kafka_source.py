@@ -1,0 +1,175 @@
+"""The local KafkaSource against the real Kafka: ordered, at-least-once, commits after the sink."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.structs import TopicPartition
+
+from tests.conftest import ROOT
+from tests.support import RecordingSink
+
+
+def overlay(tmp_path: Path, document: dict[str, object]) -> Path:
+    path = tmp_path / "overlay.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def start(module: str, args: list[str], sink_url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "K_SINK": sink_url}
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
+
+
+def terminate(process: subprocess.Popen[bytes]) -> str:
+    """SIGTERM, expect a clean exit; return the (JSON) log."""
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=15)
+    assert process.returncode == 0, stderr.decode()
+    return stderr.decode()
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    with RecordingSink() as recording:
+        yield recording
+
+
+@pytest.fixture
+def topic(service_env: dict[str, str]) -> Iterator[str]:
+    name = f"test.kafka-source.{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=service_env["KAFKA_BOOTSTRAP_SERVERS"])
+    admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
+    yield name
+    admin.delete_topics([name])
+    admin.close()
+
+
+class Topic:
+    """Produce keyed JSON records and read the group's committed offsets."""
+
+    def __init__(self, servers: str, name: str, group: str) -> None:
+        self.name, self.group = name, group
+        self.producer = KafkaProducer(bootstrap_servers=servers)
+        self.admin = KafkaAdminClient(bootstrap_servers=servers)
+
+    def produce(self, key: str, n: int) -> str:
+        """Send one record; return the CloudEvent id the source will give it."""
+        meta = self.producer.send(self.name, key=key.encode(), value=json.dumps({"n": n}).encode())
+        sent = meta.get(timeout=10)
+        return f"partition:{sent.partition}/offset:{sent.offset}"
+
+    def committed(self, partition: int) -> int | None:
+        offsets = self.admin.list_group_offsets(self.group)[self.group]
+        found = offsets.get(TopicPartition(self.name, partition))
+        return None if found is None or found.offset < 0 else found.offset
+
+    def close(self) -> None:
+        self.producer.close()
+        self.admin.close()
+
+
+def split(event_id: str) -> tuple[int, int]:
+    partition, offset = event_id.removeprefix("partition:").split("/offset:")
+    return int(partition), int(offset)
+
+
+def test_delivers_in_order_commits_after_ack_and_resumes_after_restart(
+    service_env: dict[str, str],
+    topic: str,
+    sink: RecordingSink,
+    tmp_path: Path,
+    wait_for: Callable[..., object],
+) -> None:
+    group = f"test-src-{uuid.uuid4().hex[:8]}"
+    kafka = Topic(service_env["KAFKA_BOOTSTRAP_SERVERS"], topic, group)
+    values = overlay(
+        tmp_path, {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
+    )
+    args = ["test-src", "--values", str(values)]
+    first = [kafka.produce(f"device-{i % 7}", i) for i in range(30)]
+    source = start("devstack.runtime.kafka_source", args, sink.url)
+    try:
+        # 1. Everything arrives, each partition in offset order, with the Knative shape.
+        wait_for(lambda: len(sink.accepted()) >= 30, timeout=60, what="30 records delivered")
+        received = [str(e["id"]) for e in sink.accepted()]
+        assert sorted(received) == sorted(first)
+        for p in range(3):
+            offsets = [o for q, o in map(split, received) if q == p]
+            assert offsets == sorted(offsets)
+        event = sink.accepted()[0]
+        assert event["source"] == f"/apis/v1/namespaces/objectflow/kafkasources/test-src#{topic}"
+        assert event["key"].startswith("device-")
+        assert isinstance(event.data, dict)
+
+        # 2. The sink answers 503 for one record: not committed, retried, nothing overtakes it.
+        healthy = False
+        sink.answer = lambda e: 202 if healthy or e.data != {"n": 100} else 503
+        stuck = kafka.produce("device-0", 100)
+        behind = kafka.produce("device-0", 101)  # same key, so same partition, after it
+        partition, offset = split(stuck)
+        wait_for(lambda: sink.tries(stuck) >= 3, timeout=30, what="the refused record retried")
+        assert kafka.committed(partition) == offset
+        assert sink.tries(behind) == 0
+        healthy = True
+        wait_for(lambda: sink.tries(behind) == 1, timeout=30, what="the partition resumed")
+        wait_for(lambda: kafka.committed(partition) == offset + 2, what="commit after recovery")
+        accepted = [str(e["id"]) for e in sink.accepted()]
+        assert accepted.index(stuck) < accepted.index(behind)
+        log = terminate(source)
+        assert '"message": "sink unavailable, retrying"' in log
+    finally:
+        if source.poll() is None:
+            source.kill()
+
+    # 3. Restart: nothing acknowledged comes again, nothing produced meanwhile is lost.
+    before = len(sink.attempts)
+    later = [kafka.produce(f"device-{i % 7}", 200 + i) for i in range(9)]
+    source = start("devstack.runtime.kafka_source", args, sink.url)
+    try:
+        wait_for(lambda: len(sink.accepted()) >= 41, timeout=60, what="records after restart")
+        after_restart = [str(e["id"]) for e, _ in sink.attempts[before:]]
+        assert sorted(after_restart) == sorted(later)
+        terminate(source)
+    finally:
+        if source.poll() is None:
+            source.kill()
+        kafka.close()
+
+
+def test_a_rejected_record_is_logged_and_committed_past(
+    service_env: dict[str, str],
+    topic: str,
+    sink: RecordingSink,
+    tmp_path: Path,
+    wait_for: Callable[..., object],
+) -> None:
+    group = f"test-src-{uuid.uuid4().hex[:8]}"
+    kafka = Topic(service_env["KAFKA_BOOTSTRAP_SERVERS"], topic, group)
+    values = overlay(
+        tmp_path, {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
+    )
+    bad, good = kafka.produce("k", 1), kafka.produce("k", 2)
+    sink.answer = lambda e: 400 if e["id"] == bad else 202
+    source = start("devstack.runtime.kafka_source", ["test-src", "--values", str(values)], sink.url)
+    try:
+        partition, offset = split(good)
+        wait_for(lambda: kafka.committed(partition) == offset + 1, what="committed past the 400")
+        assert sink.tries(bad) == 1  # never retried
+        assert '"message": "sink rejected record"' in terminate(source)
+    finally:
+        if source.poll() is None:
+            source.kill()
+        kafka.close()

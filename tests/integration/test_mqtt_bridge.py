@@ -1,0 +1,216 @@
+"""The MQTT bridge as a real process between the real Mosquitto and a real HTTP sink:
+mapping, sink outage, bridge restart (persistent session) and broker restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from functions.runtime import clients, settings
+from tests.support import RecordingSink, start_stack, stop_service, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+TYPE = "objectflow.test.reading.received.v1"
+
+
+class BridgeProcess:
+    """`python -m functions.sources.mqtt_bridge`, restartable, logging to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        before = self.log_text().count('"subscribed"')
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "functions.sources.mqtt_bridge"],
+                env=self.env, cwd=ROOT, stdout=out, stderr=out,
+            )  # fmt: skip
+        self.wait_subscribed(before)
+
+    def wait_subscribed(self, before: int) -> None:
+        """Until the broker acknowledged the subscription (SUBACK) once more than `before`."""
+        wait_for(
+            lambda: self.log_text().count('"subscribed"') > before,
+            timeout=30,
+            what=f"the bridge to subscribe; log:\n{self.log_text()[-2000:]}",
+        )
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def sink() -> Iterator[RecordingSink]:
+    sink = RecordingSink()
+    yield sink
+    sink.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"objectflow-test/{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def bridge(
+    service_env: dict[str, str], sink: RecordingSink, prefix: str, tmp_path: Path
+) -> Iterator[BridgeProcess]:
+    client_id = f"objectflow-test-bridge-{uuid.uuid4().hex[:8]}"
+    routes = [{"topic": f"{prefix}/+/reading", "type": TYPE, "subject-segment": 2}]
+    env = {
+        **os.environ,
+        "K_SINK": sink.url,
+        "OBJECTFLOW_MQTT_ROUTES": json.dumps(routes),
+        "OBJECTFLOW_MQTT_CLIENT_ID": client_id,
+        "OBJECTFLOW_MQTT_MAX_BACKOFF": "1",  # retry the sink often, so the test is quick
+        "OBJECTFLOW_METRICS_PORT": str(free_port()),
+    }
+    process = BridgeProcess(env, tmp_path / "bridge.log")
+    process.start()
+    yield process
+    if process.proc is not None and process.proc.poll() is None:
+        assert process.stop() == 0, "the bridge should exit cleanly on SIGTERM"
+    # Drop the persistent session this test left in Mosquitto.
+    settings.reset()
+    clients.connect_mqtt(client_id, clean_start=True).disconnect()
+
+
+class Publisher:
+    """Publishes numbered readings at QoS 1 under the test's topic prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        settings.reset()
+        self.prefix = prefix
+        self.mqtt = clients.MqttPublisher(clients.connect_mqtt())
+
+    def __call__(self, device: str, seq: int) -> None:
+        payload = json.dumps({"device": device, "seq": seq, "run": self.prefix}).encode()
+        self.mqtt.publish(f"{self.prefix}/{device}/reading", payload, qos=1)
+
+    def close(self) -> None:
+        self.mqtt.client.loop_stop()
+        self.mqtt.client.disconnect()
+
+
+@pytest.fixture
+def publish(service_env: dict[str, str], prefix: str) -> Iterator[Publisher]:
+    publisher = Publisher(prefix)
+    yield publisher
+    publisher.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def metric(bridge: BridgeProcess, name: str) -> float:
+    port = bridge.env["OBJECTFLOW_METRICS_PORT"]
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+def seqs(sink: RecordingSink, device: str) -> list[int]:
+    return [
+        e.get_data()["seq"] for e in sink.accepted(lambda e: e["subject"] == device, unique=True)
+    ]
+
+
+def test_each_message_becomes_one_cloudevent(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher, prefix: str
+) -> None:
+    for seq in range(20):
+        publish(f"dev-{seq % 4}", seq)
+    events = wait_for(
+        lambda: len(sink.accepted(unique=True)) == 20 and sink.accepted(unique=True),
+        what="20 events",
+    )
+    assert {e["type"] for e in events} == {TYPE}
+    assert {e["subject"] for e in events} == {"dev-0", "dev-1", "dev-2", "dev-3"}
+    assert all(e["source"].endswith(f"/{prefix}/{e['subject']}/reading") for e in events)
+    assert all(e.get_data()["device"] == e["subject"] for e in events)
+    assert seqs(sink, "dev-1") == [1, 5, 9, 13, 17]  # one topic keeps its order
+
+
+def test_messages_published_during_a_sink_outage_arrive_after_it(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher
+) -> None:
+    sink.status = 503
+    for seq in range(30):
+        publish("dev-a" if seq % 2 else "dev-b", seq)
+    wait_for(lambda: sink.refused >= 5, what="the bridge to retry the sink")
+    assert sink.accepted(unique=True) == []
+
+    sink.status = 202
+    wait_for(
+        lambda: len(sink.accepted(unique=True)) == 30,
+        timeout=60,
+        what="all 30 events after recovery",
+    )
+    assert seqs(sink, "dev-a") == list(range(1, 30, 2))
+    assert seqs(sink, "dev-b") == list(range(0, 30, 2))
+    assert metric(bridge, "objectflow_source_sink_retries_total") >= 5
+    assert metric(bridge, 'objectflow_source_messages_total{outcome="forwarded"') >= 30
+
+
+def test_bridge_killed_during_an_outage_loses_nothing(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher
+) -> None:
+    sink.status = 503
+    for seq in range(10):
+        publish("dev-k", seq)
+    wait_for(lambda: sink.refused >= 1, what="the bridge to try the sink")
+    assert bridge.stop(signal.SIGKILL) == -signal.SIGKILL  # nothing acked, no goodbye
+    for seq in range(10, 20):
+        publish("dev-k", seq)  # queued by Mosquitto in the bridge's persistent session
+
+    sink.status = 202
+    bridge.start()
+    wait_for(
+        lambda: len(sink.accepted(unique=True)) == 20,
+        timeout=60,
+        what="all 20 events after restart",
+    )
+    assert sorted(seqs(sink, "dev-k")) == list(range(20))
+
+
+def test_bridge_reconnects_after_mosquitto_restarts(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher, prefix: str
+) -> None:
+    publish("dev-r", 0)
+    wait_for(lambda: len(sink.accepted(unique=True)) == 1, what="the first event")
+    subscribed = bridge.log_text().count('"subscribed"')
+
+    stop_service("mosquitto")
+    start_stack()
+    bridge.wait_subscribed(subscribed)  # reconnected and subscribed again
+
+    later = Publisher(prefix)
+    try:
+        for seq in range(1, 6):
+            later("dev-r", seq)
+    finally:
+        later.close()
+    wait_for(
+        lambda: len(sink.accepted(unique=True)) == 6, timeout=60, what="events after the restart"
+    )
+    assert seqs(sink, "dev-r") == list(range(6))
