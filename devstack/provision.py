@@ -41,15 +41,17 @@ def postgres(stack: Stack, sockets: Path) -> None:
 
 
 @retried
-def kafka(stack: Stack) -> None:
+def kafka(stack: Stack, topics: dict[str, int] | None = None) -> None:
+    """Create the stack's topics (or `topics`: name -> partitions) that do not exist yet."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
+    wanted = stack.topics if topics is None else topics
     admin = KafkaAdminClient(bootstrap_servers=stack.url("kafka"), client_id="objectflow-devstack")
     try:
         existing = set(admin.list_topics())
         missing = [
             NewTopic(name, num_partitions=partitions, replication_factor=1)
-            for name, partitions in stack.topics.items()
+            for name, partitions in wanted.items()
             if name not in existing
         ]
         if missing:

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from devstack import install, process, wiring
+from devstack import install, process, provision, wiring
 from devstack.config import PATHS, STACK
 from devstack.errors import DevstackError
 from devstack.services import ServiceSpec, specs
@@ -120,6 +120,11 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
     from devstack.runtime import supervisor
 
     spec = supervisor.spec(overlays)
+    values = wiring.load(*overlays)
+    declared = {t: 3 for source in values.sources.kafka.values() for t in source.topics}
+    if declared:
+        step("creating the topics Kafka sources read")
+        provision.kafka(STACK, declared)
     recorded = PATHS.pid(spec.name).with_suffix(".cmd")
     wanted = shlex.join(spec.command)
     if process.our_pid(spec) is not None and (
@@ -130,7 +135,7 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
     done = bring_up(spec, step)
     recorded.write_text(wanted)
     step("waiting for every function's /health")
-    supervisor.wait_healthy(wiring.load(*overlays), overlays)
+    supervisor.wait_healthy(values, overlays)
     return done
 
 

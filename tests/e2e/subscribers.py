@@ -36,7 +36,8 @@ def recorder(request: flask.Request) -> flask.Response:
     attributes = event.get_attributes()
     delivery = {
         "id": event["id"], "type": event["type"], "source": event["source"],
-        "subject": event.get("subject"), "attempt": attempt, "at": time.time(),
+        "subject": event.get("subject"), "time": event.get("time"),
+        "attempt": attempt, "at": time.time(),
         "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
         "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
     }  # fmt: skip
