@@ -17,10 +17,12 @@ from pathlib import Path
 
 import requests
 import tenacity
-from cloudevents.conversion import to_binary, to_structured
+from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 from rich.console import Console
 from rich.table import Table
+
+from functions.runtime import cehttp
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_SOURCE = ROOT / "functions" / "echo" / "function.py"
@@ -97,5 +99,5 @@ def _steps(base: str, console: Console) -> bool:
 
 
 def _post(base: str, event: CloudEvent, structured: bool = False) -> requests.Response:
-    headers, body = to_structured(event) if structured else to_binary(event)
+    headers, body = to_structured(event) if structured else cehttp.encode(event)
     return requests.post(base, headers=headers, data=body, timeout=5)

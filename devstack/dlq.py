@@ -10,12 +10,12 @@ from typing import Any
 
 import requests
 import typer
-from cloudevents.conversion import to_binary
 from cloudevents.http import from_dict
 from rich.console import Console
 from rich.table import Table
 
 from devstack.config import PATHS, read_env_file
+from functions.runtime import cehttp
 
 app = typer.Typer(help="Dead-lettered events: list, show, redrive, purge.", no_args_is_help=True)
 console = Console()
@@ -107,7 +107,7 @@ def _get(letter_id: int) -> dict[str, Any]:
 
 def _deliver(row: dict[str, Any]) -> int:
     """POST the stored event to its destination in binary mode; the HTTP status, 0 if none."""
-    headers, body = to_binary(from_dict(row["cloudevent"]))
+    headers, body = cehttp.encode(from_dict(row["cloudevent"]))
     try:
         return requests.post(row["destination"], headers=headers, data=body, timeout=30).status_code
     except requests.RequestException:

@@ -125,18 +125,34 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
     if declared:
         step("creating the topics Kafka sources read")
         provision.kafka(STACK, declared)
-    recorded = PATHS.pid(spec.name).with_suffix(".cmd")
-    wanted = shlex.join(spec.command)
+    recorded = PATHS.pid(spec.name).with_suffix(".fingerprint")
+    wanted = runtime_fingerprint(spec, values)
     if process.our_pid(spec) is not None and (
         not recorded.exists() or recorded.read_text() != wanted
     ):
-        step("restarting with other values")
+        step("restarting: values or code changed")
         process.stop(spec)
     done = bring_up(spec, step)
     recorded.write_text(wanted)
     step("waiting for every function's /health")
     supervisor.wait_healthy(values, overlays)
     return done
+
+
+def runtime_fingerprint(spec: ServiceSpec, values: wiring.Values) -> str:
+    """What the running runtime was started from: command, merged values, Python sources.
+
+    A different fingerprint means `up` restarts the runtime, so an edited values.yaml or
+    function is picked up (`make dev` is the faster loop for code).
+    """
+    files = {
+        *(wiring.ROOT / "functions").rglob("*.py"),
+        *(wiring.ROOT / "devstack").rglob("*.py"),
+        *(wiring.ROOT / fn.source for fn in values.functions.values()),
+    }
+    sources = sorted(f"{path}:{path.stat().st_mtime_ns}" for path in files if path.exists())
+    material = [shlex.join(spec.command), values.model_dump_json(), *sources]
+    return hashlib.sha256("\n".join(material).encode()).hexdigest()
 
 
 def up(console: Console, overlays: Sequence[Path] = (), runtime: bool = True) -> float:

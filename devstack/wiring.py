@@ -29,8 +29,17 @@ class Model(BaseModel):
     model_config = VALUES_CONFIG
 
 
+_TIMEDELTA = TypeAdapter(timedelta)
+
+
+@functools.cache
+def seconds(duration: str) -> float:
+    """An ISO-8601 duration (as Knative's delivery takes it) in seconds."""
+    return _TIMEDELTA.validate_python(duration).total_seconds()
+
+
 def _duration(value: str) -> str:
-    TypeAdapter(timedelta).validate_python(value)  # ISO-8601, as Knative's delivery takes it
+    seconds(value)  # raises for anything that is not an ISO-8601 duration
     return value
 
 
@@ -47,11 +56,11 @@ class Delivery(Model):
 
     @property
     def backoff_seconds(self) -> float:
-        return TypeAdapter(timedelta).validate_python(self.backoff_delay).total_seconds()
+        return seconds(self.backoff_delay)
 
     @property
     def timeout_seconds(self) -> float:
-        return TypeAdapter(timedelta).validate_python(self.timeout).total_seconds()
+        return seconds(self.timeout)
 
     def delay(self, retry_number: int) -> float:
         """Base delay before redelivery `retry_number` (1-based), as Knative computes it."""
@@ -126,7 +135,7 @@ class Trigger(Model):
     name: str = Field(pattern=NAME)
     filters: list[Filter] = Field(min_length=1)
     delivery: DeliveryOverride = DeliveryOverride()
-    ordered: bool = False  # deliver one event at a time per CloudEvent `subject`
+    ordered: bool = False  # one event at a time per `partitionkey` extension, else per `subject`
 
     def matches(self, attributes: dict[str, Any]) -> bool:
         return all(f.matches(attributes) for f in self.filters)

@@ -71,7 +71,9 @@ class RecordingSink:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from cloudevents.http import CloudEvent, from_http
+        from cloudevents.http import CloudEvent
+
+        from functions.runtime import cehttp
 
         self.status = 202
         self.answer: Callable[[CloudEvent], int] = lambda _event: self.status
@@ -82,7 +84,7 @@ class RecordingSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                event = from_http(dict(self.headers), body)
+                event = cehttp.decode(dict(self.headers), body)
                 status = sink.answer(event)
                 with sink._lock:
                     sink.attempts.append((event, status))

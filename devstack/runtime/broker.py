@@ -5,7 +5,8 @@ routed, 400 with a reason when the request is not a CloudEvent. Each event goes,
 to every trigger whose filters match. A delivery is acknowledged by 2xx (a reply CloudEvent in
 the response re-enters the broker); 400/413/415/422 and other 4xx go to the dead-letter sink at
 once; 408, 429, 5xx and connection errors are retried with the trigger's backoff plus jitter,
-then dead-lettered. Triggers marked `ordered` deliver one event at a time per `subject`.
+then dead-lettered. Triggers marked `ordered` deliver one event at a time per `partitionkey`
+extension, or per `subject` when the event has none.
 """
 
 from __future__ import annotations
@@ -22,14 +23,15 @@ from typing import Any
 import aiohttp
 import tenacity
 from aiohttp import web
-from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from devstack import wiring
+from functions.runtime import cehttp
 
 log = logging.getLogger("objectflow.broker")
+Wire = tuple[dict[str, str], bytes]  # an event serialised once, in binary mode
 HOST = "127.0.0.1"
 ERROR_DATA_MAX = 1024  # Knative truncates knativeerrordata to 1 KiB
 
@@ -146,43 +148,53 @@ class Broker:
         attributes = event.get_attributes()
         matched = [route for route in self.table if route.trigger.matches(attributes)]
         received = time.perf_counter()
+        wire = cehttp.encode(event)  # serialised once, sent to every matching trigger
         for route in matched:
-            task = asyncio.get_running_loop().create_task(self._deliver(route, event, received))
+            delivery = self._deliver(route, event, wire, received)
+            task = asyncio.get_running_loop().create_task(delivery)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if not matched:
             log.info("no trigger matches", extra={"event_id": event["id"], "type": event["type"]})
         return len(matched)
 
-    async def _deliver(self, route: Route, event: CloudEvent, received: float) -> None:
-        subject = event.get("subject")
-        if route.trigger.ordered and subject is not None:
-            async with self._ordered.hold((route.trigger.name, str(subject))):
-                await self._deliver_now(route, event, received)
+    async def _deliver(self, route: Route, event: CloudEvent, wire: Wire, received: float) -> None:
+        # Ordered triggers serialise per partition key (as the Kafka broker partitions by
+        # `partitionkey`; KafkaSource sets it to the record key), else per subject.
+        key = event.get("partitionkey") or event.get("subject")
+        if route.trigger.ordered and key is not None:
+            async with self._ordered.hold((route.trigger.name, str(key))):
+                await self._deliver_now(route, event, wire, received)
         else:
-            await self._deliver_now(route, event, received)
+            await self._deliver_now(route, event, wire, received)
 
-    async def _deliver_now(self, route: Route, event: CloudEvent, received: float) -> None:
+    async def _deliver_now(
+        self, route: Route, event: CloudEvent, wire: Wire, received: float
+    ) -> None:
         name = route.trigger.name
         first_attempt = _now()
-        attempts = 0
-        last = Attempt(status=None, error="not attempted")
+        timeout = route.delivery.timeout_seconds
+        result = await self._send(route.url, wire, timeout)
+        attempts = 1
+        if not result.ok and result.retryable and route.delivery.retry > 0:
+            # Only a failed first attempt pays for a retry loop; tenacity replays that attempt
+            # as its first, so its backoff then counts from there.
+            made = [result]
 
-        async def attempt() -> Attempt:
-            nonlocal attempts, last
-            attempts += 1
-            last = await self._send(route, event)
-            if not last.ok and last.retryable and attempts <= route.delivery.retry:
+            async def attempt() -> Attempt:
+                nonlocal attempts
+                if made:
+                    return made.pop()
                 DELIVERIES.labels(name, "retry").inc()
-            return last
+                attempts += 1
+                return await self._send(route.url, wire, timeout)
 
-        retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
-            wait=_backoff(route.delivery),
-            retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
-            retry_error_callback=lambda state: last,
-        )
-        result: Attempt = await retrying(attempt)
+            result = await tenacity.AsyncRetrying(
+                stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
+                wait=_backoff(route.delivery),
+                retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
+                retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
+            )(attempt)
         LATENCY.labels(name).observe(time.perf_counter() - received)
         if result.ok:
             DELIVERIES.labels(name, "ok").inc()
@@ -200,12 +212,11 @@ class Broker:
             return
         await self._dead_letter(route, event, result, attempts, first_attempt)
 
-    async def _send(self, route: Route, event: CloudEvent) -> Attempt:
-        headers, body = to_binary(event)
-        timeout = aiohttp.ClientTimeout(total=route.delivery.timeout_seconds)
+    async def _send(self, url: str, wire: Wire, timeout: float) -> Attempt:
+        headers, body = wire
         try:
             async with self.session.post(
-                route.url, data=body, headers=headers, timeout=timeout
+                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as response:
                 return Attempt(response.status, await response.read(), dict(response.headers))
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -226,17 +237,16 @@ class Broker:
         }
         if result.status is not None:
             attributes["knativeerrorcode"] = str(result.status)
-        letter = CloudEvent(attributes, event.get_data())
-        dead_letter_route = Route(
-            route.trigger, "dead-letter", str(self.dead_letter_url), route.delivery
-        )
+        letter = cehttp.encode(CloudEvent(attributes, event.get_data()))
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(10),
             wait=tenacity.wait_exponential(multiplier=0.2, max=5),
             retry=tenacity.retry_if_result(lambda a: not a.ok),
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
-        stored: Attempt | None = await retrying(self._send, dead_letter_route, letter)
+        stored: Attempt | None = await retrying(
+            self._send, str(self.dead_letter_url), letter, route.delivery.timeout_seconds
+        )
         if stored is not None and stored.ok:
             DELIVERIES.labels(route.trigger.name, "dead-lettered").inc()
         else:
@@ -260,7 +270,7 @@ class Broker:
     async def _ingress(self, request: web.Request) -> web.Response:
         body = await request.read()
         try:
-            event = from_http(dict(request.headers), body)
+            event = cehttp.decode(dict(request.headers), body)
         except GenericException as exc:
             INGRESS.labels("rejected").inc()
             reason = {"error": "bad-event", "detail": f"not a valid CloudEvent: {exc}"}
@@ -307,7 +317,7 @@ def _reply(result: Attempt) -> CloudEvent | None:
     if "ce-specversion" not in headers and "cloudevents" not in headers.get("content-type", ""):
         return None
     try:
-        return from_http(headers, result.body)
+        return cehttp.decode(headers, result.body)
     except GenericException as exc:
         log.warning("ignoring a malformed reply", extra={"error": str(exc)})
         return None

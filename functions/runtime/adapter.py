@@ -27,14 +27,13 @@ from typing import Any, Generic, TypeVar
 
 import flask
 import functions_framework
-from cloudevents.conversion import to_binary
 from cloudevents.exceptions import GenericException
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from functions.events import CATALOG
-from functions.runtime import idempotency, settings
+from functions.runtime import cehttp, idempotency, settings
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import (
     BadEvent,
@@ -172,7 +171,7 @@ def read_cloudevent(request: flask.Request) -> CloudEvent:
     if request.mimetype == "application/cloudevents-batch+json":
         raise UnsupportedMediaType("batched CloudEvents are not supported; send one per request")
     try:
-        return from_http(dict(request.headers), body)
+        return cehttp.decode(dict(request.headers), body)
     except GenericException as exc:
         raise BadEvent(f"not a valid CloudEvent: {exc}") from None
 
@@ -233,7 +232,7 @@ def _reply(name: str, event: Event[Any], reply: Reply) -> flask.Response:
     }
     if reply.subject or event.subject:
         attributes["subject"] = reply.subject or event.subject
-    headers, body = to_binary(CloudEvent(attributes, reply.data.model_dump(mode="json")))
+    headers, body = cehttp.encode(CloudEvent(attributes, reply.data.model_dump(mode="json")))
     return flask.Response(body, status=200, headers=headers)
 
 

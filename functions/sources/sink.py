@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 
 import requests
-from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from prometheus_client import Counter
 
+from functions.runtime import cehttp
 from functions.runtime.errors import SettingsError
 
 RETRYABLE = {408, 429}
@@ -47,7 +47,7 @@ def sink_url() -> str:
 
 def post(session: requests.Session, url: str, event: CloudEvent, timeout: float = 10.0) -> None:
     """Send `event` in binary mode over a keep-alive session; raise unless the sink accepted it."""
-    headers, body = to_binary(event)
+    headers, body = cehttp.encode(event)
     try:
         response = session.post(url, headers=headers, data=body, timeout=timeout)
     except requests.RequestException as exc:

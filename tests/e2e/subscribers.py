@@ -16,8 +16,9 @@ import time
 import flask
 import functions_framework
 import redis
-from cloudevents.conversion import to_binary
-from cloudevents.http import CloudEvent, from_http
+from cloudevents.http import CloudEvent
+
+from functions.runtime import cehttp
 
 _store = redis.Redis(
     host=os.environ.get("REDIS_HOST", "127.0.0.1"), port=int(os.environ.get("REDIS_PORT", "6379"))
@@ -30,7 +31,7 @@ def recorder(request: flask.Request) -> flask.Response:
     if request.method == "GET":
         return flask.Response("ok")
     name = os.environ["K_SERVICE"]
-    event = from_http(dict(request.headers), request.get_data())
+    event = cehttp.decode(dict(request.headers), request.get_data())
     data = event.get_data() if isinstance(event.get_data(), dict) else {}
     attempt = _store.incr(f"e2e:attempts:{name}:{event['id']}")
     attributes = event.get_attributes()
@@ -52,6 +53,6 @@ def recorder(request: flask.Request) -> flask.Response:
             {"type": data["reply"], "source": f"/e2e/{name}", "id": f"reply-{event['id']}"},
             {"in_reply_to": event["id"]},
         )
-        headers, body = to_binary(reply)
+        headers, body = cehttp.encode(reply)
         return flask.Response(body, status=200, headers=headers)
     return flask.Response(status=204)

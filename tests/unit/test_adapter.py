@@ -204,3 +204,14 @@ def test_logs_are_json_lines_with_event_context(
     assert handled["event_source"] == "/tests/adapter"
     assert handled["event_subject"] == "cam-7"
     assert handled["traceparent"] == traceparent
+
+
+def test_non_ascii_attributes_survive_http(client: FlaskClient) -> None:
+    from functions.runtime import cehttp
+
+    headers, body = cehttp.encode(event(subject="thermo-raw/dir/with space ünï.jpg"))
+    assert all(value.isascii() for value in headers.values())
+    response = client.post("/", headers=headers, data=body)
+    assert response.status_code == 200
+    decoded = cehttp.decode(dict(response.headers), response.get_data())
+    assert decoded["subject"] == "thermo-raw/dir/with space ünï.jpg"

@@ -1,0 +1,1 @@
+"""Benchmarks of the local runtime (`objectflow bench`); see bench/README.md."""

@@ -1,0 +1,635 @@
+"""`objectflow bench`: what the local runtime costs, measured on this machine.
+
+1. Added latency of one broker hop. Open-loop (events leave on a fixed schedule, never waiting
+   for answers) at each rate, the same CloudEvent is POSTed (a) to the broker, which routes it to
+   the `bench-sink` subscriber of bench/values-bench.yaml, and (b) straight to that subscriber.
+   Latency = time.time() inside the function minus the send time carried in the event's data
+   (one machine, one clock). The hop's cost is (a) minus (b).
+2. Cold start and memory. Process start -> first 2xx answer to a POSTed event, and the RSS of
+   the whole process tree (functions-framework runs a gunicorn master plus one worker) after it,
+   for echo behind the objectflow adapter (its first event does a Redis round trip) and for a
+   bare functions-framework hello-world.
+
+Results: a rich table, bench/out/runtime.json (raw figures) and bench/out/runtime.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import requests
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from devstack import process, wiring
+from devstack.config import HOST, PATHS, read_env_file
+from devstack.errors import DevstackError
+from devstack.runtime import supervisor
+
+ROOT = wiring.ROOT
+OVERLAY = ROOT / "bench" / "values-bench.yaml"
+OUT = ROOT / "bench" / "out"
+SINK = "bench-sink"
+PING = "objectflow.bench.ping.v1"
+AIM_HOP_MS = 2.0  # one hop adds under 2 ms median
+AIM_COLD_RATIO = 1.5  # adapter cold start within 1.5x of a bare hello-world
+CPU_PARTS = ("client", "broker", "function", "other")  # % of one core, during a latency run
+COLD = {  # name -> (entrypoint, event type the first POST carries, data)
+    "echo (objectflow adapter)": (
+        "functions/echo/function.py:echo",
+        "objectflow.echo.requested.v1",
+        {"message": "cold start"},
+    ),
+    "hello (bare functions-framework)": ("bench/functions.py:hello", PING, {"sent": 0}),
+}
+
+
+# --- process helpers ------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def process_tree(pid: int) -> list[int]:
+    tree, found, todo = _children(), [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(tree.get(current, []))
+    return found
+
+
+def _status_kb(pid: int, path: str, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory_kb(pid: int) -> tuple[int, int]:
+    """(sum of VmRSS, sum of Pss) over `pid` and its descendants."""
+    pids = process_tree(pid)
+    rss = sum(_status_kb(p, "status", "VmRSS") for p in pids)
+    pss = sum(_status_kb(p, "smaps_rollup", "Pss") for p in pids)
+    return rss, pss
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` so far."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all cores; /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+# --- 1. latency of one hop --------------------------------------------------------------
+
+
+@dataclass
+class LatencyRun:
+    rate: int
+    path: str  # "broker" or "direct"
+    sent: int = 0
+    received: int = 0
+    lost: int = 0
+    errors: int = 0  # non-2xx answers or connection errors seen by the sender
+    achieved_rate: float = 0.0
+    sender_lag_p99_ms: float = 0.0  # how late the sender ran behind its schedule
+    median_ms: float = 0.0
+    p99_ms: float = 0.0
+    cpu_percent: dict[str, float] = field(default_factory=dict)  # client, broker, function, other
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+async def _post(
+    session: aiohttp.ClientSession, url: str, event_id: str, counts: dict[str, int]
+) -> None:
+    sent = time.time()
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-source": "/bench",
+        "ce-type": PING,
+        "content-type": "application/json",
+    }
+    try:
+        async with session.post(url, data=f'{{"sent": {sent!r}}}', headers=headers) as response:
+            await response.read()
+            if not 200 <= response.status < 300:
+                counts["errors"] += 1
+    except (aiohttp.ClientError, TimeoutError):
+        counts["errors"] += 1
+
+
+async def _open_loop(
+    url: str, rate: int, seconds: float, warmup: float, tag: str, advance: Callable[[int], None]
+) -> tuple[list[str], float, list[float], int]:
+    """Send at `rate`/s on a fixed schedule; return measured ids, send span, lags, errors."""
+    loop = asyncio.get_running_loop()
+    n_warm, n = round(rate * warmup), round(rate * seconds)
+    connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=60)
+    counts = {"errors": 0}
+    ids: list[str] = []
+    lags: list[float] = []
+    tasks: set[asyncio.Task[None]] = set()
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = loop.time() + 0.05
+        first = last = 0.0
+        i, total = 0, n_warm + n
+        while i < total:
+            now = loop.time()
+            due = start + i / rate
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            batch = 0
+            while i < total and start + i / rate <= now:  # everything due by now leaves now
+                measured = i >= n_warm
+                event_id = f"{tag}-{i}" if measured else f"warm-{tag}-{i}"
+                if measured:
+                    ids.append(event_id)
+                    lags.append(now - (start + i / rate))
+                    first = first or now
+                    last = now
+                task = loop.create_task(_post(session, url, event_id, counts))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+                batch += 1
+            advance(batch)
+            await asyncio.sleep(0)  # let the requests go out
+        while tasks:
+            await asyncio.wait(list(tasks), timeout=30)
+    return ids, max(last - first, 1e-9), lags, counts["errors"]
+
+
+def _samples(sink_url: str, clear: bool = False) -> list[list[Any]]:
+    response = requests.get(
+        f"{sink_url}samples", params={"clear": "1"} if clear else {}, timeout=10
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def latency_run(
+    rate: int,
+    path: str,
+    urls: dict[str, str],
+    pids: dict[str, list[int]],
+    seconds: float,
+    warmup: float,
+    advance: Callable[[int], None],
+) -> LatencyRun:
+    sink_url = urls["direct"]
+    _samples(sink_url, clear=True)
+    tag = f"{path}-{rate}-{uuid.uuid4().hex[:8]}"
+    check_runtime(urls)  # another `objectflow up` may have swapped the runtime meanwhile
+    cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
+    machine_before = machine_cpu_seconds()
+    wall = time.monotonic()
+    ids, span, lags, errors = asyncio.run(
+        _open_loop(urls[path], rate, seconds, warmup, tag, advance)
+    )
+    wall = time.monotonic() - wall  # CPU shares are over the send window (warm-up included)
+    cpu = {
+        name: round(100 * (cpu_seconds(p) - cpu_before[name]) / wall, 1) for name, p in pids.items()
+    }
+    machine = 100 * (machine_cpu_seconds() - machine_before) / wall
+    cpu["other"] = round(max(machine - sum(cpu.values()), 0.0), 1)  # rest of machine + kernel
+    wanted = set(ids)
+    # Wait for the last deliveries: a backlog still draining is late, not lost; give up after
+    # 5 s without a single new arrival (or 120 s in all).
+    got: dict[str, list[Any]] = {}
+    stalled = time.monotonic() + 5
+    deadline = time.monotonic() + 120
+    while len(got) < len(wanted) and time.monotonic() < min(stalled, deadline):
+        time.sleep(0.2)
+        before = len(got)
+        got = {row[0]: row for row in _samples(sink_url) if row[0] in wanted}
+        if len(got) > before:
+            stalled = time.monotonic() + 5
+    latencies = sorted((received - sent) * 1000 for _id, sent, received in got.values())
+    run = LatencyRun(
+        rate=rate,
+        path=path,
+        sent=len(ids),
+        received=len(got),
+        lost=len(wanted) - len(got),
+        errors=errors,
+        achieved_rate=round((len(ids) - 1) / span, 1),
+        sender_lag_p99_ms=round(float(np.percentile(lags, 99)) * 1000, 3),
+        cpu_percent=cpu,
+        latencies_ms=[round(x, 4) for x in latencies],
+    )
+    if latencies:
+        run.median_ms = round(float(np.median(latencies)), 3)
+        run.p99_ms = round(float(np.percentile(latencies, 99)), 3)
+    return run
+
+
+# --- 2. cold start and memory -----------------------------------------------------------
+
+
+@dataclass
+class ColdStart:
+    name: str
+    entrypoint: str
+    seconds: list[float] = field(default_factory=list)
+    rss_mib: list[float] = field(default_factory=list)
+    pss_mib: list[float] = field(default_factory=list)
+    processes: int = 0
+
+    @property
+    def median_seconds(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def median_rss(self) -> float:
+        return statistics.median(self.rss_mib)
+
+    @property
+    def median_pss(self) -> float:
+        return statistics.median(self.pss_mib)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) -> None:
+    source, target = result.entrypoint.split(":")
+    port = _free_port()
+    name = target.replace("_", "-")
+    env = {**read_env_file(PATHS), **os.environ, "K_SERVICE": name, "PYTHONUNBUFFERED": "1"}
+    command = [
+        sys.executable, "-m", "functions_framework", "--source", str(ROOT / source),
+        "--target", target, "--host", HOST, "--port", str(port),
+    ]  # fmt: skip
+    url = f"http://{HOST}:{port}/"
+    log = OUT / f"cold-start-{name}.log"
+    with log.open("ab") as log_file, requests.Session() as http:
+        started = time.perf_counter()
+        child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=log_file)
+        try:
+            while True:
+                headers = {
+                    "ce-specversion": "1.0",
+                    "ce-id": f"cold-{uuid.uuid4().hex}",
+                    "ce-source": "/bench/cold-start",
+                    "ce-type": event_type,
+                    "content-type": "application/json",
+                }
+                try:
+                    answer = http.post(url, data=json.dumps(data), headers=headers, timeout=10)
+                    if answer.ok:
+                        break
+                except requests.ConnectionError:
+                    pass
+                if child.poll() is not None or time.perf_counter() - started > 60:
+                    raise DevstackError(f"bench: {result.entrypoint} did not answer; see {log}")
+                time.sleep(0.005)
+            elapsed = time.perf_counter() - started
+            rss, pss = tree_memory_kb(child.pid)
+            result.processes = len(process_tree(child.pid))
+        finally:
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    result.seconds.append(round(elapsed, 4))
+    result.rss_mib.append(round(rss / 1024, 1))
+    result.pss_mib.append(round(pss / 1024, 1))
+
+
+# --- bringing the runtime up --------------------------------------------------------------
+
+
+def check_runtime(urls: dict[str, str]) -> None:
+    """Refuse to send anything unless the broker routes bench pings to our bench subscriber."""
+    try:
+        table = requests.get(f"{urls['broker']}routes", timeout=5).json()
+        sink_ok = isinstance(_samples(urls["direct"]), list)
+    except (requests.RequestException, ValueError):
+        table, sink_ok = [], False
+    routed = any(r["trigger"] == "bench-ping" and r["url"] == urls["direct"] for r in table)
+    if not (routed and sink_ok):
+        raise DevstackError(
+            "bench: the runtime no longer runs bench/values-bench.yaml (another `objectflow up "
+            "--values ...` replaced it, e.g. a test run); run the bench when the stack is idle"
+        )
+
+
+def runtime_up() -> tuple[dict[str, str], dict[str, list[int]]]:
+    """`objectflow up --values bench/values-bench.yaml`; the URLs and pids to measure."""
+    command = [sys.executable, "-m", "devstack.cli", "up", "--values", str(OVERLAY)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DevstackError(f"bench: `objectflow up` failed:\n{done.stdout}{done.stderr}")
+    values = wiring.load(OVERLAY)
+    urls = {
+        "broker": supervisor.broker_url(values),
+        "direct": f"http://{HOST}:{values.function_ports()[SINK]}/",
+    }
+    broker = process.our_pid(supervisor.spec([OVERLAY]))
+    if broker is None:
+        raise DevstackError("bench: the runtime is not running after `objectflow up`")
+    check_runtime(urls)
+    sink = sorted(  # gunicorn master and its forked worker (same command line)
+        pid for pid in process_tree(broker)[1:] if "bench/functions.py" in _cmdline(pid)
+    )
+    return urls, {"client": [os.getpid()], "broker": [broker], "function": sink}
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def _yes(met: bool) -> str:
+    return "[green]yes[/]" if met else "[red]no[/]"
+
+
+def table(runs: list[LatencyRun], cold: dict[str, ColdStart]) -> Table:
+    out = Table(title="objectflow local runtime", show_lines=False)
+    for column in ("measure", "objectflow", "baseline", "Δ / ratio", "aim", "met"):
+        out.add_column(column, justify="left" if column == "measure" else "right")
+    by = {(r.rate, r.path): r for r in runs}
+    for rate in sorted({r.rate for r in runs}):
+        broker, direct = by[(rate, "broker")], by[(rate, "direct")]
+        out.add_section()
+        out.add_row(f"[bold]{rate} events/s[/]", "", "", "", "", "")
+        hop = broker.median_ms - direct.median_ms
+        out.add_row(
+            "  latency median",
+            f"{broker.median_ms:.2f} ms",
+            f"{direct.median_ms:.2f} ms",
+            f"+{hop:.2f} ms",
+            f"< {AIM_HOP_MS:g} ms",
+            _yes(hop < AIM_HOP_MS),
+        )
+        out.add_row(
+            "  latency p99",
+            f"{broker.p99_ms:.2f} ms",
+            f"{direct.p99_ms:.2f} ms",
+            f"+{broker.p99_ms - direct.p99_ms:.2f} ms",
+            "",
+            "",
+        )
+        out.add_row(
+            "  send rate",
+            f"{broker.achieved_rate:.0f}/s",
+            f"{direct.achieved_rate:.0f}/s",
+            "",
+            f"{rate}/s",
+            "",
+        )
+        out.add_row(
+            "  lost of sent",
+            f"{broker.lost} of {broker.sent}",
+            f"{direct.lost} of {direct.sent}",
+            "",
+            "0",
+            _yes(broker.lost == 0 and direct.lost == 0),
+        )
+        out.add_row(
+            "  errors; lag p99",
+            f"{broker.errors}; {broker.sender_lag_p99_ms:.2f} ms",
+            f"{direct.errors}; {direct.sender_lag_p99_ms:.2f} ms",
+            "",
+            "",
+            "",
+        )
+        out.add_row(
+            "  CPU% c/b/f/other",
+            "/".join(f"{broker.cpu_percent[k]:.0f}" for k in CPU_PARTS),
+            "/".join(f"{direct.cpu_percent[k]:.0f}" for k in CPU_PARTS),
+            "",
+            "",
+            "",
+        )
+    adapter, bare = cold.values()
+    out.add_section()
+    out.add_row(f"[bold]cold start[/] (n={len(adapter.seconds)})", "echo", "hello", "", "", "")
+    ratio = adapter.median_seconds / bare.median_seconds
+    out.add_row(
+        "  start->1st event",
+        f"{adapter.median_seconds * 1000:.0f} ms",
+        f"{bare.median_seconds * 1000:.0f} ms",
+        f"{ratio:.2f}x",
+        f"<= {AIM_COLD_RATIO:g}x",
+        _yes(ratio <= AIM_COLD_RATIO),
+    )
+    out.add_row(
+        f"  RSS ({adapter.processes} procs)",
+        f"{adapter.median_rss:.1f} MiB",
+        f"{bare.median_rss:.1f} MiB",
+        f"{adapter.median_rss / bare.median_rss:.2f}x",
+        "",
+        "",
+    )
+    out.add_row(
+        "  PSS (same tree)",
+        f"{adapter.median_pss:.1f} MiB",
+        f"{bare.median_pss:.1f} MiB",
+        f"{adapter.median_pss / bare.median_pss:.2f}x",
+        "",
+        "",
+    )
+    return out
+
+
+def plot(runs: list[LatencyRun], cold: dict[str, ColdStart], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, start, memory) = plt.subplots(
+        1, 3, figsize=(15, 4.8), gridspec_kw={"width_ratios": [2, 1, 1]}
+    )
+    rates = sorted({r.rate for r in runs})
+    by = {(r.rate, r.path): r for r in runs}
+    series = [
+        ("broker median", "broker", "median_ms", "#1f77b4"),
+        ("broker p99", "broker", "p99_ms", "#aec7e8"),
+        ("direct median", "direct", "median_ms", "#ff7f0e"),
+        ("direct p99", "direct", "p99_ms", "#ffbb78"),
+    ]
+    width = 0.2
+    for k, (label, route, attr, colour) in enumerate(series):
+        xs = [i + (k - 1.5) * width for i in range(len(rates))]
+        heights = [getattr(by[(rate, route)], attr) for rate in rates]
+        bars = lat.bar(xs, heights, width, label=label, color=colour)
+        lat.bar_label(bars, fmt="%.2f", fontsize=7)
+    lat.set_xticks(range(len(rates)), [f"{rate} events/s" for rate in rates])
+    lat.set_yscale("log")  # sub-millisecond medians and multi-second backlogs on one axis
+    lat.set_ylabel("latency, ms, log scale (send -> received in function)")
+    lat.set_title("one broker hop vs direct POST")
+    lat.legend(fontsize=8)
+
+    names = ["echo\n(adapter)", "hello\n(bare ff)"]
+    adapter, bare = cold.values()
+    for axis, attr, unit, title in (
+        (start, "seconds", "s", "cold start: start -> first 2xx"),
+        (memory, "rss_mib", "MiB", "RSS of process tree after 1st event"),
+    ):
+        values = [getattr(adapter, attr), getattr(bare, attr)]
+        medians = [statistics.median(v) for v in values]
+        spread = [[m - min(v) for m, v in zip(medians, values, strict=True)],
+                  [max(v) - m for m, v in zip(medians, values, strict=True)]]  # fmt: skip
+        bars = axis.bar(names, medians, yerr=spread, capsize=4, color=["#2ca02c", "#7f7f7f"])
+        axis.bar_label(bars, fmt="%.2f" if unit == "s" else "%.0f", fontsize=8)
+        axis.set_ylabel(f"median ({unit}), whiskers min-max")
+        axis.set_title(title)
+    fig.suptitle(f"objectflow local runtime bench ({os.cpu_count()} cores, {platform.node()})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def run(
+    console: Console,
+    seconds: float = 10.0,
+    warmup: float = 2.0,
+    rates: tuple[int, ...] = (200, 1000),
+    repeats: int = 5,
+) -> bool:
+    """Run both benchmarks, print the table, write the JSON and the PNG.
+
+    Returns False only when events were lost; a missed aim is a finding, not a failure."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    runs: list[LatencyRun] = []
+    cold = {name: ColdStart(name, entry) for name, (entry, _t, _d) in COLD.items()}
+    columns = (
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, refresh_per_second=4) as bar:
+        up = bar.add_task("objectflow up --values bench/...", total=1)
+        urls, pids = runtime_up()
+        bar.update(up, completed=1)
+        for rate in rates:
+            for path in ("broker", "direct"):
+                total = round(rate * warmup) + round(rate * seconds)
+                task = bar.add_task(f"{rate}/s via {path} ({warmup:g}s warm-up)", total=total)
+                runs.append(
+                    latency_run(
+                        rate, path, urls, pids, seconds, warmup,
+                        lambda n, task=task: bar.advance(task, n),
+                    )
+                )  # fmt: skip
+        task = bar.add_task("cold starts", total=repeats * len(COLD))
+        for _ in range(repeats):  # alternate, so drift hits both alike
+            for name, (_entry, event_type, data) in COLD.items():
+                cold_start_once(cold[name], event_type, data)
+                bar.advance(task)
+
+    console.print(table(runs, cold))
+    by = {(r.rate, r.path): r for r in runs}
+    hops = {
+        rate: round(by[(rate, "broker")].median_ms - by[(rate, "direct")].median_ms, 3)
+        for rate in rates
+    }
+    adapter, bare = cold.values()
+    cold_ratio = adapter.median_seconds / bare.median_seconds
+    report = {
+        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "settings": {
+            "seconds": seconds,
+            "warmup": warmup,
+            "rates": list(rates),
+            "repeats": repeats,
+        },
+        "aims": {
+            "hop_median_ms": AIM_HOP_MS,
+            "hop_met": {str(rate): hop < AIM_HOP_MS for rate, hop in hops.items()},
+            "cold_start_ratio": AIM_COLD_RATIO,
+            "cold_start_met": cold_ratio <= AIM_COLD_RATIO,
+        },
+        "hop_added_median_ms": {str(rate): hop for rate, hop in hops.items()},
+        "latency": [asdict(r) for r in runs],
+        "cold_start": [
+            {
+                **asdict(c),
+                "median_seconds": c.median_seconds,
+                "median_rss_mib": c.median_rss,
+                "median_pss_mib": c.median_pss,
+            }
+            for c in cold.values()
+        ],
+        "cold_start_ratio": round(cold_ratio, 3),
+        "rss_ratio": round(adapter.median_rss / bare.median_rss, 3),
+        "total_seconds": round(time.monotonic() - began, 1),
+    }
+    (OUT / "runtime.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot(runs, cold, OUT / "runtime.png")
+    met = all(hop < AIM_HOP_MS for hop in hops.values()) and cold_ratio <= AIM_COLD_RATIO
+    lost = sum(r.lost for r in runs)
+    console.print(
+        f"one hop adds {', '.join(f'{h:+.2f} ms at {r}/s' for r, h in hops.items())} (median; "
+        f"aim < {AIM_HOP_MS:g} ms); cold start {cold_ratio:.2f}x bare (aim <= "
+        f"{AIM_COLD_RATIO:g}x); lost events {lost}. "
+        f"{'[green]All aims met.' if met and not lost else '[red]Not every aim met.'}[/]\n"
+        f"echo's first event includes a Redis round trip (idempotency check + HSETNX).\n"
+        f"wrote {OUT / 'runtime.json'}, {OUT / 'runtime.png'} "
+        f"in {report['total_seconds']:.0f}s; the runtime stays up with the bench overlay.",
+        highlight=False,
+    )
+    return not lost
