@@ -134,9 +134,26 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
         process.stop(spec)
     done = bring_up(spec, step)
     recorded.write_text(wanted)
+    write_runtime_endpoints(values, overlays)
     step("waiting for every function's /health")
     supervisor.wait_healthy(values, overlays)
     return done
+
+
+def write_runtime_endpoints(values: wiring.Values, overlays: Sequence[Path]) -> None:
+    """Add the broker and every HTTP component of the runtime to .devstack/endpoints.json."""
+    from devstack.runtime import supervisor
+
+    endpoints = json.loads(PATHS.endpoints_file.read_text())
+    endpoints["runtime"] = {
+        "broker": supervisor.broker_url(values),
+        "functions": {
+            c.name: {"url": c.url, "log": str(supervisor.LOGS / f"{c.name}.log")}
+            for c in supervisor.components(values, overlays)
+            if c.url
+        },
+    }
+    PATHS.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
 
 
 def runtime_fingerprint(spec: ServiceSpec, values: wiring.Values) -> str:

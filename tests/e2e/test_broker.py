@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -147,3 +148,12 @@ def test_ingress_accepts_structured_mode_and_rejects_non_cloudevents(broker: str
     rejected = requests.post(broker, json={"hello": "world"}, timeout=5)
     assert rejected.status_code == 400
     assert "not a valid CloudEvent" in rejected.json()["detail"]
+
+
+def test_endpoints_file_lists_the_broker_and_every_function(values: Any) -> None:
+    endpoints = json.loads((DEVSTACK / "endpoints.json").read_text())
+    runtime = endpoints["runtime"]
+    assert runtime["broker"] == f"http://127.0.0.1:{values.local.broker_port}/"
+    assert set(values.functions) | {"dead-letter", "minio-webhook"} <= set(runtime["functions"])
+    for function in runtime["functions"].values():
+        assert requests.get(f"{function['url']}health", timeout=5).ok
