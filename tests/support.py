@@ -39,6 +39,19 @@ def wait_for(
     )
 
 
+def s3_client(env: dict[str, str]) -> Any:
+    """boto3 S3 client for the stack's MinIO (as .devstack/env describes it)."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["MINIO_ENDPOINT"],
+        aws_access_key_id=env["MINIO_ROOT_USER"],
+        aws_secret_access_key=env["MINIO_ROOT_PASSWORD"],
+        region_name="us-east-1",
+    )
+
+
 def stop_service(name: str) -> None:
     """Stop one real service of the local stack by its pid (as an outage would)."""
     from devstack.process import stop

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import boto3
 import paho.mqtt.client as mqtt
 from kafka import KafkaProducer
 
-from tests.support import E2E_OVERLAY, wait_for
+from tests.support import E2E_OVERLAY, s3_client, wait_for
 
 Deliveries = Callable[..., list[dict[str, Any]]]
 
@@ -56,13 +55,7 @@ def test_s3_put_produces_a_cloudevent_with_the_decoded_key(
     stack_env: dict[str, str], deliveries: Deliveries
 ) -> None:
     key = f"e2e/{uuid.uuid4().hex[:8]}/with space ü.txt"
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack_env["MINIO_ENDPOINT"],
-        aws_access_key_id=stack_env["MINIO_ROOT_USER"],
-        aws_secret_access_key=stack_env["MINIO_ROOT_PASSWORD"],
-        region_name="us-east-1",
-    )
+    s3 = s3_client(stack_env)
     s3.put_object(Bucket="thermo-raw", Key=key, Body=b"hello", Metadata={"device-uid": "cam-9"})
     [event] = wait_for(
         lambda: mine(deliveries, lambda d: d["subject"] == f"thermo-raw/{key}"), what="the S3 event"

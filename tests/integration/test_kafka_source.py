@@ -86,6 +86,13 @@ def split(event_id: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
+def kafka_source(env: dict[str, str], topic: str, tmp_path: Path) -> tuple[Topic, Path]:
+    """A fresh consumer group on `topic` and the values overlay declaring its KafkaSource."""
+    group = f"test-src-{uuid.uuid4().hex[:8]}"
+    document = {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
+    return Topic(env["KAFKA_BOOTSTRAP_SERVERS"], topic, group), overlay(tmp_path, document)
+
+
 def test_delivers_in_order_commits_after_ack_and_resumes_after_restart(
     service_env: dict[str, str],
     topic: str,
@@ -93,11 +100,7 @@ def test_delivers_in_order_commits_after_ack_and_resumes_after_restart(
     tmp_path: Path,
     wait_for: Callable[..., object],
 ) -> None:
-    group = f"test-src-{uuid.uuid4().hex[:8]}"
-    kafka = Topic(service_env["KAFKA_BOOTSTRAP_SERVERS"], topic, group)
-    values = overlay(
-        tmp_path, {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
-    )
+    kafka, values = kafka_source(service_env, topic, tmp_path)
     args = ["test-src", "--values", str(values)]
     first = [kafka.produce(f"device-{i % 7}", i) for i in range(30)]
     source = start("devstack.runtime.kafka_source", args, sink.url)
@@ -156,11 +159,7 @@ def test_a_rejected_record_is_logged_and_committed_past(
     tmp_path: Path,
     wait_for: Callable[..., object],
 ) -> None:
-    group = f"test-src-{uuid.uuid4().hex[:8]}"
-    kafka = Topic(service_env["KAFKA_BOOTSTRAP_SERVERS"], topic, group)
-    values = overlay(
-        tmp_path, {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
-    )
+    kafka, values = kafka_source(service_env, topic, tmp_path)
     bad, good = kafka.produce("k", 1), kafka.produce("k", 2)
     sink.answer = lambda e: 400 if e["id"] == bad else 202
     source = start("devstack.runtime.kafka_source", ["test-src", "--values", str(values)], sink.url)

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import paho.mqtt.client as mqtt
 import pika
 import psycopg2
@@ -15,6 +14,8 @@ import redis
 from kafka import KafkaConsumer
 from paho.mqtt.reasoncodes import ReasonCode
 from pymongo import MongoClient
+
+from tests.support import s3_client
 
 TOPICS = {
     "job.events": 3,
@@ -116,13 +117,7 @@ def test_kafka_has_every_topic_with_its_partitions(stack_env: dict[str, str]) ->
 
 
 def test_minio_lists_the_buckets(stack_env: dict[str, str]) -> None:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=stack_env["MINIO_ENDPOINT"],
-        aws_access_key_id=stack_env["MINIO_ROOT_USER"],
-        aws_secret_access_key=stack_env["MINIO_ROOT_PASSWORD"],
-        region_name="us-east-1",
-    )
+    s3 = s3_client(stack_env)
     names = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
     expected = {value for key, value in stack_env.items() if key.endswith("_BUCKET")}
     assert len(expected) == 5
