@@ -17,13 +17,13 @@ bootstrap: ## install uv (if missing) and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || [ -x $(HOME)/.local/bin/uv ] || python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --frozen --quiet
 
-up: bootstrap ## install what is missing, start and provision every service
+up: bootstrap ## install what is missing, start and provision every service, start the local runtime
 	@$(RUN) objectflow up
 
 down: bootstrap ## stop what `make up` started (by pid)
 	@$(RUN) objectflow down
 
-status: bootstrap ## each service: up/down, port, log file
+status: bootstrap ## each service and function: up/down, port, log; dead letters waiting
 	@$(RUN) objectflow status
 
 clean: bootstrap ## stop everything and delete .devstack/ (caches under ~/.cache/objectflow stay)
