@@ -26,7 +26,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from devstack import wiring
-from devstack.runtime.sources_common import deliver, exit_on_bad_settings
+from devstack.runtime.sources_common import exit_on_bad_settings
 from functions.runtime import logging as json_logging
 from functions.runtime import settings
 from functions.sources import sink
@@ -148,10 +148,11 @@ class Source:
                 return  # not acknowledged, so not committed: read again on the next start
             event = to_cloudevent(record, self.namespace, self.name)
             try:
-                deliver(
+                sink.post_until_accepted(
                     self.session,
                     self.url,
                     event,
+                    source=f"kafka-source/{self.name}",
                     within=RETRY_WINDOW,
                     stop=self.stop,
                     on_retry=self.acknowledged.commit,

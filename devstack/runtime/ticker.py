@@ -26,7 +26,7 @@ from croniter import croniter
 
 from devstack import wiring
 from devstack.errors import DevstackError
-from devstack.runtime.sources_common import deliver, exit_on_bad_settings
+from devstack.runtime.sources_common import exit_on_bad_settings
 from functions.runtime import logging as json_logging
 from functions.sources import sink
 
@@ -70,7 +70,9 @@ def run_schedule(name: str, values: wiring.Values, url: str, stop: threading.Eve
             event = ping_event(values.namespace, name, schedule, due)
             window = (following - due).total_seconds()
             try:
-                deliver(session, url, event, within=window, stop=stop)
+                sink.post_until_accepted(
+                    session, url, event, source="cron-ticker", within=window, stop=stop
+                )
                 log.info("tick delivered", extra={"schedule": name, "id": event["id"]})
             except (sink.SinkUnavailable, sink.SinkRejected) as exc:
                 log.error("tick dropped", extra={"schedule": name, "error": str(exc)})
@@ -95,7 +97,14 @@ def fire(schedule_name: str, values: wiring.Values, sink_url: str) -> CloudEvent
     event = ping_event(values.namespace, schedule_name, schedule, datetime.now(UTC))
     with requests.Session() as session:
         try:
-            deliver(session, sink_url, event, within=MANUAL_RETRY_WINDOW, stop=threading.Event())
+            sink.post_until_accepted(
+                session,
+                sink_url,
+                event,
+                source="tick",
+                within=MANUAL_RETRY_WINDOW,
+                stop=threading.Event(),
+            )
         except (sink.SinkUnavailable, sink.SinkRejected) as exc:
             raise TickFailed(f"tick of {schedule_name!r} not delivered: {exc}") from None
     return event

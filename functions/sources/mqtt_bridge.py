@@ -123,31 +123,6 @@ class Bridge:
         self.session = requests.Session()
         self.client: Any = None
 
-    def _retrying(self, retry: type[BaseException] | tuple[type[BaseException], ...]) -> Any:
-        """Retry forever with jittered exponential backoff; stop (re-raise) once stopping."""
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(retry),
-            wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.config.max_backoff),
-            stop=lambda _state: self.stopping.is_set(),
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-
-    def _sleep(self, seconds: float) -> None:
-        self.stopping.wait(seconds)  # SIGTERM interrupts a backoff at once
-
-    @staticmethod
-    def _log_retry(state: tenacity.RetryCallState) -> None:
-        if state.fn is sink.post:
-            sink.SINK_RETRIES.labels(SOURCE).inc()
-        error = state.outcome.exception() if state.outcome else None
-        log.warning(
-            "%s failed, retrying",
-            getattr(state.fn, "__name__", "call"),
-            extra={"attempt": state.attempt_number, "error": str(error)},
-        )
-
     # paho callbacks run on its network thread: keep them short, never block on the sink.
 
     def _on_message(self, _client: Any, _userdata: Any, message: MQTTMessage) -> None:
@@ -177,7 +152,17 @@ class Bridge:
         client.subscribe([(route.topic, 1) for route in self.config.routes])
 
     def connect(self) -> Any:
-        connect = self._retrying((OSError, clients.MqttUnavailable))
+        """Connect with jittered exponential backoff until it works or the bridge stops."""
+        connect = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type((OSError, clients.MqttUnavailable)),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.config.max_backoff),
+            stop=tenacity.stop_when_event_set(self.stopping),
+            sleep=sink.interruptible_sleep(self.stopping),
+            before_sleep=lambda state: log.warning(
+                "MQTT connect failed, retrying", extra={"attempt": state.attempt_number}
+            ),
+            reraise=True,
+        )
         client = connect(
             clients.connect_mqtt,
             self.config.client_id,
@@ -214,7 +199,14 @@ class Bridge:
 
     def forward(self, event: CloudEvent) -> str:
         try:
-            self._retrying(sink.SinkUnavailable)(sink.post, self.session, self.sink_url, event)
+            sink.post_until_accepted(
+                self.session,
+                self.sink_url,
+                event,
+                source=SOURCE,
+                stop=self.stopping,
+                max_wait=self.config.max_backoff,
+            )
         except sink.SinkRejected as exc:
             log.error(
                 "sink rejected the event for good; acknowledging it", extra={"error": str(exc)}
