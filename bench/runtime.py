@@ -39,6 +39,7 @@ from rich.table import Table
 from devstack import process, wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
+from devstack.process import free_port
 from devstack.runtime import supervisor
 
 ROOT = wiring.ROOT
@@ -299,17 +300,9 @@ class ColdStart:
         return statistics.median(self.pss_mib)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
 def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) -> None:
     source, target = result.entrypoint.split(":")
-    port = _free_port()
+    port = free_port()
     name = target.replace("_", "-")
     env = {**read_env_file(PATHS), **os.environ, "K_SERVICE": name, "PYTHONUNBUFFERED": "1"}
     command = [

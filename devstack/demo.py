@@ -8,7 +8,6 @@ step, then the function's own metrics. Later pipelines add their own steps here.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -22,16 +21,11 @@ from cloudevents.http import CloudEvent
 from rich.console import Console
 from rich.table import Table
 
+from devstack.process import free_port
 from functions.runtime import cehttp
 
 ROOT = Path(__file__).resolve().parent.parent
 ECHO_SOURCE = ROOT / "functions" / "echo" / "function.py"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _echo_event(message: object, event_id: str) -> CloudEvent:
@@ -41,7 +35,7 @@ def _echo_event(message: object, event_id: str) -> CloudEvent:
 
 def run(env: dict[str, str], console: Console) -> bool:
     """Run the echo proof; return True when every step behaved as expected."""
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = ROOT / ".devstack" / "logs" / "demo-echo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,13 @@ def port_open(port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for throwaway servers)."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
 def our_pid(spec: ServiceSpec, paths: Paths = PATHS) -> int | None:
     """The pid from our pid file if that process is still alive."""
     pid = read_pid(spec, paths)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -17,6 +16,7 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
 
+from devstack.process import free_port
 from functions.echo.function import MESSAGES_KEY, RECEIVED_KEY
 from functions.runtime import clients, idempotency, settings
 from tests.support import start_stack, stop_service, wait_for
@@ -104,12 +104,6 @@ def test_redis_outage_is_503_then_recovers(echo: FlaskClient) -> None:
     response = post(echo, ce)  # the broker's retry of the same event
     assert response.status_code == 200
     assert received() == before + 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_served_by_functions_framework_process(service_env: dict[str, str]) -> None:

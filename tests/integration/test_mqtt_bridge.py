@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.process import free_port
 from functions.runtime import clients, settings
 from tests.support import RecordingSink, start_stack, stop_service, wait_for
 
@@ -113,14 +114,6 @@ def publish(service_env: dict[str, str], prefix: str) -> Iterator[Publisher]:
     publisher = Publisher(prefix)
     yield publisher
     publisher.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def metric(bridge: BridgeProcess, name: str) -> float:
