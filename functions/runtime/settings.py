@@ -193,25 +193,28 @@ def load(cls: type[S]) -> S:
         raise SettingsError(env_name(cls, field), f"{message}{hint}") from None
 
 
-def _cached(cls: type[S]) -> functools._lru_cache_wrapper[S]:
+_FACTORIES: list[functools._lru_cache_wrapper[Any]] = []
+
+
+def cached(cls: type[S]) -> functools._lru_cache_wrapper[S]:
+    """A cached factory for `cls`; `reset()` forgets what every such factory built."""
     factory = functools.cache(functools.partial(load, cls))
     factory.__doc__ = f"The process-wide {cls.__name__}, built on first use."
+    _FACTORIES.append(factory)
     return factory
 
 
-postgres = _cached(PostgresSettings)
-redis = _cached(RedisSettings)
-minio = _cached(MinioSettings)
-rabbitmq = _cached(RabbitSettings)
-mqtt = _cached(MqttSettings)
-kafka = _cached(KafkaSettings)
-mongo = _cached(MongoSettings)
-runtime = _cached(RuntimeSettings)
-
-ALL = (postgres, redis, minio, rabbitmq, mqtt, kafka, mongo, runtime)
+postgres = cached(PostgresSettings)
+redis = cached(RedisSettings)
+minio = cached(MinioSettings)
+rabbitmq = cached(RabbitSettings)
+mqtt = cached(MqttSettings)
+kafka = cached(KafkaSettings)
+mongo = cached(MongoSettings)
+runtime = cached(RuntimeSettings)
 
 
 def reset() -> None:
     """Forget cached settings (tests change the environment between cases)."""
-    for factory in ALL:
+    for factory in _FACTORIES:
         factory.cache_clear()

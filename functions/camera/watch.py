@@ -1,0 +1,94 @@
+"""camera-watch — MinIO object-created notifications of the raw and processed buckets.
+
+Source document 000's watcher: find the device (the object's `device-uid` metadata, else the
+first key segment), upsert the device and the image row (raw -> pending, processed ->
+processing), then announce the object on RabbitMQ with a publisher confirm. Each object version
+is announced once: a duplicate notification publishes nothing new.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from functions.camera import messages, metrics, records
+from functions.events import SAFE_SEGMENT, S3ObjectCreated
+from functions.runtime import clients
+from functions.runtime.adapter import Event, cloudevent_function
+from functions.runtime.errors import InvalidData
+
+log = logging.getLogger("objectflow.camera.watch")
+
+
+def device_uid(obj: S3ObjectCreated) -> str:
+    """From the `device-uid` metadata, else the first segment of `<device_uid>/.../<file>`."""
+    candidate = obj.user_metadata.get("device-uid")
+    where = "metadata device-uid"
+    if candidate is None:
+        segments = obj.key.split("/")
+        candidate = segments[0] if len(segments) > 1 else ""
+        where = "the first segment of the object key"
+    if not re.match(SAFE_SEGMENT, candidate):
+        raise InvalidData(
+            f"no usable device uid in {where} of {obj.bucket}/{obj.key} "
+            "(expected <device_uid>/<file> or x-amz-meta-device-uid)",
+            field="key",
+        )
+    return candidate
+
+
+def version(obj: S3ObjectCreated) -> str:
+    """What tells two writes of one key apart; a re-upload of identical bytes is no new version."""
+    return obj.version_id or obj.etag or obj.sequencer or obj.event_time.isoformat()
+
+
+def watch(obj: S3ObjectCreated, traceparent: str | None) -> bool:
+    """Record and announce one object; returns False if this version was announced already."""
+    stage = messages.stage(obj.bucket)
+    seen = records.ObjectSeen(
+        device_uid=device_uid(obj),
+        object_key=obj.key,
+        bucket=obj.bucket,
+        status=stage.status,
+        size=obj.size,
+        etag=obj.etag,
+        checksum=obj.user_metadata.get("sha256"),
+        content_type=obj.content_type,
+        image_id=obj.user_metadata.get("image-id"),
+    )
+    object_version = version(obj)
+
+    def record_and_publish() -> bool:
+        with clients.postgres_connection() as conn, conn.cursor() as cur:
+            item, _ = records.record(cur, seen)
+            # Claimed in this transaction: a concurrent duplicate waits on the row until the
+            # confirm has come and the claim is committed (or rolled back if it did not).
+            cur.execute(
+                """INSERT INTO thermo.watch_publications
+                       (bucket, object_key, version, image_object_id, routing_key)
+                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1""",
+                (obj.bucket, obj.key, object_version, item.id, stage.routing_key),
+            )
+            if cur.fetchone() is None:
+                return False
+            messages.publish(
+                item,
+                stage.routing_key,
+                obj.event_time,
+                dedupe_key=f"{obj.bucket}/{obj.key}#{object_version}",
+                traceparent=traceparent,
+            )
+            return True
+
+    published = clients.call("postgres", record_and_publish)
+    metrics.WATCHED.labels("published" if published else "duplicate").inc()
+    return published
+
+
+@cloudevent_function("camera-watch", accepts=["objectflow.s3.object.created.v1"])
+def camera_watch(event: Event[S3ObjectCreated]) -> None:
+    published = watch(event.data, event.traceparent)
+    log.info(
+        "object announced" if published else "object version already announced",
+        extra={"bucket": event.data.bucket, "object_key": event.data.key},
+    )
