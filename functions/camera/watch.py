@@ -58,9 +58,12 @@ def watch(obj: S3ObjectCreated, traceparent: str | None) -> bool:
     )
     object_version = version(obj)
 
-    def record_and_publish() -> bool:
+    def record() -> records.ImageObject:
         with clients.postgres_connection() as conn, conn.cursor() as cur:
-            item, _ = records.record(cur, seen)
+            return records.record(cur, seen)[0]
+
+    def announce(item: records.ImageObject) -> bool:
+        with clients.postgres_connection() as conn, conn.cursor() as cur:
             # Claimed in this transaction: a concurrent duplicate waits on the row until the
             # confirm has come and the claim is committed (or rolled back if it did not).
             cur.execute(
@@ -80,7 +83,9 @@ def watch(obj: S3ObjectCreated, traceparent: str | None) -> bool:
             )
             return True
 
-    published = clients.call("postgres", record_and_publish)
+    # The row is committed first: it records the object even while RabbitMQ is down.
+    item = clients.call("postgres", record)
+    published = clients.call("postgres", lambda: announce(item))
     metrics.WATCHED.labels("published" if published else "duplicate").inc()
     return published
 

@@ -187,7 +187,7 @@ def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) ->
     content_type = ce.get("datacontenttype")
     if content_type and not _is_json(content_type):
         raise UnsupportedMediaType(
-            f"datacontenttype {content_type!r} is not supported; send application/json",
+            f"data is not JSON (datacontenttype {content_type!r}); send application/json",
             field="datacontenttype",
         )
     data = ce.get_data()
