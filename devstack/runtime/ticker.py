@@ -2,9 +2,10 @@
 
     python -m devstack.runtime.ticker [--values FILE ...]
 
-A tick is the CloudEvent a PingSource sends. Its id is derived from the schedule and the
-scheduled time, so a retried post is a duplicate the broker can recognise. A tick that cannot be
-delivered before the next one is due is logged and dropped, as PingSource does.
+A tick is the CloudEvent a PingSource sends (built by `functions.sources.ping`, which the chart's
+CronJobs run too). Its id is derived from the schedule and the scheduled time, so a retried post
+is a duplicate the broker can recognise. A tick that cannot be delivered before the next one is
+due is logged and dropped, as PingSource does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +29,8 @@ from devstack.errors import DevstackError
 from devstack.runtime.sources_common import exit_on_bad_settings
 from functions.runtime import logging as json_logging
 from functions.sources import sink
+from functions.sources.ping import ping_event
 
-PING_EVENT = "dev.knative.sources.ping"
 MANUAL_RETRY_WINDOW = 10.0  # `objectflow tick` gives up after this many seconds
 
 log = logging.getLogger("objectflow.ticker")
@@ -40,20 +40,6 @@ def next_fire(schedule: wiring.Schedule, after: datetime) -> datetime:
     """The first occurrence strictly after `after`, computed in the schedule's time zone (so
     `0 9 * * *` stays 09:00 local across a DST change)."""
     return croniter(schedule.cron, after.astimezone(ZoneInfo(schedule.timezone))).get_next(datetime)
-
-
-def ping_event(namespace: str, name: str, schedule: wiring.Schedule, at: datetime) -> CloudEvent:
-    """The CloudEvent PingSource `name` sends for its occurrence at `at`."""
-    source = f"/apis/v1/namespaces/{namespace}/pingsources/{name}"
-    at_utc = at.astimezone(UTC)
-    attributes = {
-        "type": PING_EVENT,
-        "source": source,
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}@{at_utc.isoformat()}")),
-        "time": at_utc.isoformat(),
-        "datacontenttype": "application/json",
-    }
-    return CloudEvent(attributes, schedule.data)
 
 
 def _seconds_until(moment: datetime) -> float:
@@ -67,7 +53,7 @@ def run_schedule(name: str, values: wiring.Values, url: str, stop: threading.Eve
     with requests.Session() as session:
         while not stop.wait(_seconds_until(due)):
             following = next_fire(schedule, due)
-            event = ping_event(values.namespace, name, schedule, due)
+            event = ping_event(values.namespace, name, schedule.data, due)
             window = (following - due).total_seconds()
             try:
                 sink.post_until_accepted(
@@ -94,7 +80,7 @@ def fire(schedule_name: str, values: wiring.Values, sink_url: str) -> CloudEvent
     if schedule is None:
         declared = ", ".join(values.schedules) or "none"
         raise UnknownSchedule(f"no schedule {schedule_name!r} in the wiring (declared: {declared})")
-    event = ping_event(values.namespace, schedule_name, schedule, datetime.now(UTC))
+    event = ping_event(values.namespace, schedule_name, schedule.data, datetime.now(UTC))
     with requests.Session() as session:
         try:
             sink.post_until_accepted(

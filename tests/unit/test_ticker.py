@@ -1,9 +1,8 @@
-"""The cron ticker: next-fire computation in a time zone (incl. DST) and the PingSource event."""
+"""The cron ticker: next-fire computation in a time zone (incl. DST), firing by hand."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -49,27 +48,6 @@ def test_next_fire_differs_from_utc_in_another_zone() -> None:
 def test_seconds_field_is_accepted_by_the_wiring() -> None:
     schedule = wiring.Schedule(cron="* * * * * */5")
     assert ticker.next_fire(schedule, utc(2025, 1, 1, 0, 0, 1)) == utc(2025, 1, 1, 0, 0, 5)
-
-
-def test_ping_event_is_what_a_pingsource_sends() -> None:
-    at = datetime(2024, 3, 31, 9, tzinfo=ZoneInfo("Europe/Berlin"))
-    event = ticker.ping_event("objectflow", "daily-report", BERLIN, at)
-    assert event["type"] == "dev.knative.sources.ping"
-    assert event["source"] == "/apis/v1/namespaces/objectflow/pingsources/daily-report"
-    assert event["time"] == "2024-03-31T07:00:00+00:00"
-    assert event["datacontenttype"] == "application/json"
-    assert event.data == {"job": "report"}
-
-
-def test_ping_event_id_is_stable_per_schedule_and_time() -> None:
-    at = utc(2024, 3, 31, 7)
-
-    def event_id(name: str, moment: datetime) -> str:
-        return str(ticker.ping_event("objectflow", name, BERLIN, moment)["id"])
-
-    assert event_id("a", at) == event_id("a", at.astimezone(ZoneInfo("Europe/Berlin")))
-    assert event_id("a", at) != event_id("b", at)
-    assert event_id("a", at) != event_id("a", utc(2024, 4, 1, 7))
 
 
 def test_fire_names_the_unknown_schedule_and_the_declared_ones() -> None:
