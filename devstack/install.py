@@ -130,6 +130,7 @@ class GoBinary:
     package: str
     version: str
     files: tuple[tuple[str, str], ...] = ()  # (path in the module, content)
+    ldflags: tuple[str, ...] = ()  # what the project's release build stamps in (versions)
 
     @property
     def path(self) -> Path:
@@ -141,7 +142,10 @@ class GoBinary:
 
     def recipe(self) -> str:
         """What the binary was built from; a different pin or patch means a rebuild."""
-        return json.dumps({"module": self.module, "version": self.version, "files": self.files})
+        recipe = {"module": self.module, "version": self.version, "files": self.files}
+        if self.ldflags:  # only when set, so stamps of binaries built without them stay valid
+            recipe["ldflags"] = self.ldflags
+        return json.dumps(recipe)
 
     def installed(self) -> bool:
         return (
@@ -163,7 +167,9 @@ class GoBinary:
             PATHS.bin.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=PATHS.bin) as tmp:
                 target = Path(tmp) / self.name
-                run([go(), "build", "-o", target, self.package], "go build", cwd=workdir, env=env)
+                flags = ["-ldflags", " ".join(self.ldflags)] if self.ldflags else []
+                build = [go(), "build", *flags, "-o", target, self.package]
+                run(build, "go build", cwd=workdir, env=env)
                 target.replace(self.path)
             self.stamp.write_text(self.recipe())
 
@@ -243,6 +249,30 @@ FERRETDB = GoBinary(
     "v1.24.2",
     files=(("build/version/version.txt", "v1.24.2\n"),),
 )
+# Tools of the Kubernetes path (chart tests, `objectflow kind`), built like the servers above.
+HELM_VERSION = "v3.20.2"
+HELM = GoBinary(
+    "helm",
+    "helm.sh/helm/v3",
+    "helm.sh/helm/v3/cmd/helm",
+    HELM_VERSION,
+    # As helm's Makefile: its own version, and the Kubernetes version of its client-go (v0.35)
+    # as the default `.Capabilities.KubeVersion`, instead of the source's v1.20 placeholder.
+    ldflags=(
+        f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}",
+        "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1",
+        "-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=35",
+        "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1",
+        "-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=35",
+    ),
+)
+KUBECONFORM = GoBinary(
+    "kubeconform",
+    "github.com/yannh/kubeconform",
+    "github.com/yannh/kubeconform/cmd/kubeconform",
+    "v0.7.0",
+)
+KIND = GoBinary("kind", "sigs.k8s.io/kind", "sigs.k8s.io/kind", "v0.30.0")
 APT = {
     "postgresql": Apt("postgresql-15", str(POSTGRES_BIN / "postgres")),
     "redis": Apt("redis-server", "redis-server"),
