@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from devstack import dlq, stack
+from devstack import dlq, kind, stack
 from devstack.config import PATHS, read_env_file
 from devstack.errors import DevstackError
 
@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(kind.app, name="kind")
 
 
 VALUES_HELP = "Extra values files merged over charts/objectflow/values.yaml (like helm -f)."

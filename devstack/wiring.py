@@ -23,6 +23,10 @@ VALUES = ROOT / "charts" / "objectflow" / "values.yaml"
 SCHEMA = ROOT / "charts" / "objectflow" / "values.schema.json"
 
 NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a Kubernetes object name (RFC 1123 label)
+# Settings that hold credentials: they belong in the Secret, never in `config` (a ConfigMap).
+SECRET_SETTING = (
+    r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|^DATABASE_URL$|^MONGODB_URI$"
+)
 
 
 class Model(BaseModel):
@@ -141,12 +145,41 @@ class Trigger(Model):
         return all(f.matches(attributes) for f in self.filters)
 
 
+# --- Kubernetes only: the chart reads these keys, the local runtime accepts and ignores them ---
+
+
+class Scaling(Model):
+    """Knative autoscaling and request limits of one function's Service."""
+
+    min_scale: int = Field(default=0, ge=0)
+    max_scale: int = Field(default=10, ge=0, description="0: no upper bound")
+    container_concurrency: int = Field(default=0, ge=0, le=1000, description="0: unlimited")
+    timeout_seconds: int = Field(default=300, gt=0, le=3600)
+
+
+class ScalingOverride(Model):
+    min_scale: int | None = Field(default=None, ge=0)
+    max_scale: int | None = Field(default=None, ge=0)
+    container_concurrency: int | None = Field(default=None, ge=0, le=1000)
+    timeout_seconds: int | None = Field(default=None, gt=0, le=3600)
+
+
+Quantities = dict[Literal["cpu", "memory", "ephemeral-storage"], str | int]
+
+
+class Resources(Model):
+    requests: Quantities = {}
+    limits: Quantities = {}
+
+
 class Function(Model):
     entrypoint: str = Field(pattern=r"^[\w./-]+\.py:[A-Za-z_]\w*$")
     kind: Literal["cloudevent", "http"] = "cloudevent"
     triggers: list[Trigger] = []
     env: dict[str, str] = {}
     touches: list[str] = Field(default=[], description="State it reads or writes (for the docs)")
+    scaling: ScalingOverride = ScalingOverride()
+    resources: Resources | None = Field(default=None, description="Replaces the default")
 
     @property
     def source(self) -> str:
@@ -211,6 +244,68 @@ class Local(Model):
     function_port_base: int = Field(default=8101, gt=0, lt=65536)
 
 
+class Image(Model):
+    repository: str = "objectflow-functions"
+    tag: str = Field(default="", description="Empty: the chart's appVersion")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class ConfigMapRef(Model):
+    name: str = Field(pattern=NAME)
+    namespace: str = Field(pattern=NAME)
+
+
+class Broker(Model):
+    name: str = Field(default="default", pattern=NAME)
+    class_: Literal["MTChannelBasedBroker", "Kafka"] = "MTChannelBasedBroker"
+    config: ConfigMapRef | None = Field(default=None, description="The broker class's ConfigMap")
+
+
+class Scheduler(Model):
+    mode: Literal["cronjob", "pingsource"] = "cronjob"
+    successful_jobs_history_limit: int = Field(default=1, ge=0)
+    failed_jobs_history_limit: int = Field(default=3, ge=0)
+    starting_deadline_seconds: int = Field(default=50, gt=0)
+
+
+class Secrets(Model):
+    existing_secret: str = Field(default="", description="Empty: the chart generates one")
+
+
+class ServiceAccount(Model):
+    annotations: dict[str, str] = {}
+
+
+class NetworkPolicies(Model):
+    enabled: bool = True
+    knative_namespaces: list[str] = ["knative-serving", "knative-eventing", "kourier-system"]
+    ingress: list[dict[str, Any]] = Field(default=[], description="NetworkPolicyIngressRules")
+    egress: list[dict[str, Any]] = Field(default=[], description="NetworkPolicyEgressRules")
+
+
+class Migrations(Model):
+    enabled: bool = True
+    backoff_limit: int = Field(default=10, ge=0)
+
+
+class DevServiceImages(Model):
+    postgresql: str
+    redis: str
+    rabbitmq: str
+    kafka: str
+    mosquitto: str
+    minio: str
+    minio_client: str
+    ferretdb: str
+
+
+class DevServices(Model):
+    enabled: bool = False
+    storage: str = "1Gi"
+    storage_class: str = Field(default="", description="Empty: the cluster's default class")
+    images: DevServiceImages
+
+
 class Values(Model):
     namespace: str = Field(default="objectflow", pattern=NAME)
     delivery: Delivery = Delivery()
@@ -218,6 +313,31 @@ class Values(Model):
     schedules: dict[str, Schedule] = {}
     sources: Sources = Sources()
     local: Local = Local()
+    # Kubernetes only
+    image: Image = Image()
+    broker: Broker = Broker()
+    scaling: Scaling = Scaling()
+    resources: Resources = Resources()
+    scheduler: Scheduler = Scheduler()
+    config: dict[str, str] = Field(
+        default={},
+        description="Plain settings for every workload (a ConfigMap); credentials go in the Secret",
+        json_schema_extra={"propertyNames": {"not": {"pattern": SECRET_SETTING}}},
+    )
+    secrets: Secrets = Secrets()
+    service_account: ServiceAccount = ServiceAccount()
+    network_policies: NetworkPolicies = NetworkPolicies()
+    migrations: Migrations = Migrations()
+    live_update: bool = False
+    dev_services: DevServices | None = None
+
+    @field_validator("config")
+    @classmethod
+    def _no_credentials(cls, value: dict[str, str]) -> dict[str, str]:
+        secret = [name for name in value if re.search(SECRET_SETTING, name)]
+        if secret:
+            raise ValueError(f"credentials belong in the Secret (`secrets`), not config: {secret}")
+        return value
 
     @field_validator("functions", "schedules")
     @classmethod
