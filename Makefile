@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench check dlq
+.PHONY: help bootstrap up down status clean dev demo test lint format bench check dlq kind-up kind-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ dlq: bootstrap ## list dead-lettered events (more: uv run objectflow dlq --help)
 
 demo: up ## bring the stack up and push events through the functions, printing each step
 	@$(RUN) objectflow demo
+
+kind-up: bootstrap ## local Knative cluster on kind + registry, chart installed with dev values (Docker)
+	@$(RUN) objectflow kind up
+
+kind-down: bootstrap ## delete the kind cluster and its registry
+	@$(RUN) objectflow kind down
 
 lint: bootstrap ## ruff format check, ruff lint, mypy on functions/
 	@$(RUN) ruff format --check .
