@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from devstack import install, kind, wiring
 from devstack.config import CACHE, ROOT
-from tests.chart.conftest import CHART, DEV, Render, run, template
+from tests.chart.conftest import CHART, DEV, E2E, Render, run, template
 
 README = ROOT / "README.md"
 SECTION = "## Run it on Kubernetes"
@@ -56,7 +56,7 @@ def test_every_readme_command_is_checked(command: str, render: Render, helm: Pat
     elif words[:4] == ["uv", "run", "objectflow", "kind"]:
         assert words[4:] in (["up", "--dry-run"], ["down", "--dry-run"])  # test_dev_loop runs it
     elif command.startswith(f"{KUBECTL} get "):
-        kinds = {m["kind"] for m in render((DEV,))}
+        kinds = {m["kind"] for m in render((DEV, E2E))}  # kinds the chart renders
         for resource in words[-1].split(","):
             assert RESOURCES[resource] in kinds, resource
     elif command.startswith(f"{KUBECTL} run "):
