@@ -159,17 +159,35 @@ def schema() -> None:
 
 @app.command()
 def bench(
+    only: str = typer.Option("all", help="runtime, camera or all."),
     seconds: float = typer.Option(10.0, help="Measured seconds per rate and path."),
     warmup: float = typer.Option(2.0, help="Warm-up seconds before each measurement."),
     repeats: int = typer.Option(5, help="Cold starts per function."),
+    cameras: int = typer.Option(100, help="camera: simulated cameras."),
+    chunks: int = typer.Option(16, help="camera: chunks per capture."),
+    chunk_bytes: int = typer.Option(2048, help="camera: bytes per chunk."),
+    period: float = typer.Option(2.0, help="camera: seconds between a camera's captures."),
 ) -> None:
-    """Benchmark the local runtime: latency one broker hop adds (open-loop at 200 and 1,000
-    events/s, broker vs direct POST), cold start and RSS of an adapter function vs a bare
-    functions-framework hello-world. Brings the runtime up with bench/values-bench.yaml;
-    prints a table, writes bench/out/runtime.json and runtime.png."""
-    from bench.runtime import run
+    """Benchmark the local runtime (bench/README.md). runtime: latency one broker hop adds
+    (open-loop at 200 and 1,000 events/s, broker vs direct POST), cold start and RSS of an
+    adapter function vs a bare functions-framework hello-world. camera: chunks/s, images/s and
+    last-chunk-to-row latency of the camera pipeline vs a direct single-process MQTT consumer.
+    Brings the runtime up with bench/values-bench.yaml; prints tables, writes bench/out/."""
+    if only not in ("all", "runtime", "camera"):
+        raise DevstackError(f"--only must be runtime, camera or all (got {only!r})")
+    ok = True
+    if only in ("all", "runtime"):
+        from bench import runtime
 
-    if not run(console, seconds=seconds, warmup=warmup, repeats=repeats):
+        ok &= runtime.run(console, seconds=seconds, warmup=warmup, repeats=repeats)
+    if only in ("all", "camera"):
+        from bench import camera
+
+        ok &= camera.run(
+            console, cameras=cameras, chunks=chunks, chunk_bytes=chunk_bytes, period=period,
+            seconds=seconds, warmup=warmup,
+        )  # fmt: skip
+    if not ok:
         raise typer.Exit(1)
 
 
