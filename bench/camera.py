@@ -72,26 +72,34 @@ class Sent:
     measured: bool
 
 
-def _publish(
-    root: str,
-    uids: list[str],
-    chunks: int,
-    chunk_bytes: int,
-    period: float,
-    seconds: float,
-    warmup: float,
-    advance: Callable[[int], None],
-) -> list[Sent]:
+@dataclass(frozen=True)
+class Load:
+    """What the simulated cameras send: `cameras` x `chunks` x `chunk_bytes` every `period`."""
+
+    cameras: int
+    chunks: int
+    chunk_bytes: int
+    period: float
+    seconds: float
+    warmup: float
+
+    @property
+    def captures(self) -> int:
+        return int((self.warmup + self.seconds) / self.period) * self.cameras
+
+
+def _publish(root: str, uids: list[str], load: Load, advance: Callable[[int], None]) -> list[Sent]:
     """Publish every camera's captures on schedule; return what was sent when."""
+    chunks, period, warmup = load.chunks, load.period, load.warmup
     connected = []
     for n in range(PUBLISHERS):
         client = clients.connect_mqtt(f"objectflow-bench-camera-{uuid.uuid4().hex[:6]}-{n}")
         connected.append(client)
     step = period / len(uids)
-    rounds = int((warmup + seconds) / period)
+    rounds = int((warmup + load.seconds) / period)
     # Images made up front, so generating them does not slow the schedule.
     plan = [
-        (r * period + i * step, i, camera_sim.image(chunks * chunk_bytes, "jpeg"))
+        (r * period + i * step, i, camera_sim.image(chunks * load.chunk_bytes, "jpeg"))
         for r in range(rounds)
         for i in range(len(uids))
     ]
@@ -128,20 +136,13 @@ def _rows(dsn: str, prefix: str) -> dict[str, float]:
         return {checksum: float(at) for checksum, at in cur.fetchall()}
 
 
-def camera_run(
-    path: str,
-    cameras: int,
-    chunks: int,
-    chunk_bytes: int,
-    period: float,
-    seconds: float,
-    warmup: float,
-    advance: Callable[[int], None],
-) -> CameraRun:
+def camera_run(path: str, load: Load, advance: Callable[[int], None]) -> CameraRun:
     env = read_env_file(PATHS)
     prefix = f"bench-{path[0]}-{uuid.uuid4().hex[:6]}-"
-    uids = [f"{prefix}{n:03d}" for n in range(cameras)]
-    run = CameraRun(path, cameras, chunks, period, cameras * chunks / period)
+    uids = [f"{prefix}{n:03d}" for n in range(load.cameras)]
+    run = CameraRun(
+        path, load.cameras, load.chunks, load.period, load.cameras * load.chunks / load.period
+    )
     direct = None
     root = "camera"
     if path == "direct":
@@ -158,7 +159,7 @@ def camera_run(
     busy = machine_cpu_seconds()
     began = time.time()
     try:
-        sent = _publish(root, uids, chunks, chunk_bytes, period, seconds, warmup, advance)
+        sent = _publish(root, uids, load, advance)
         # Drain: wait until every capture has its row, or nothing moved for 15 s.
         found: dict[str, float] = {}
         last_change = time.monotonic()
@@ -182,7 +183,7 @@ def camera_run(
         first = min(s.at for s in measured)
         last = max(found[s.checksum] for s in measured if s.checksum in found)
         run.images_per_s = round(len(latencies) / max(last - first, 1e-9), 1)
-        run.chunks_per_s = round(run.images_per_s * chunks, 1)
+        run.chunks_per_s = round(run.images_per_s * load.chunks, 1)
     run.machine_cpu_pct = round(100 * (machine_cpu_seconds() - busy) / (time.time() - began), 1)
     return run
 
@@ -256,20 +257,14 @@ def run(
         up = bar.add_task("objectflow up --values bench/...", total=1)
         runtime_up()
         bar.update(up, completed=1)
+        load = Load(cameras, chunks, chunk_bytes, period, seconds, warmup)
         for path in ("pipeline", "direct"):
-            total = int((warmup + seconds) / period) * cameras
-            task = bar.add_task(f"camera captures via {path}", total=total)
-            runs.append(
-                camera_run(
-                    path, cameras, chunks, chunk_bytes, period, seconds, warmup,
-                    lambda n, task=task: bar.advance(task, n),
-                )
-            )  # fmt: skip
+            task = bar.add_task(f"camera captures via {path}", total=load.captures)
+            runs.append(camera_run(path, load, lambda n, task=task: bar.advance(task, n)))
     console.print(table(runs))
     pipeline, direct = runs
     report = {
-        "settings": {"cameras": cameras, "chunks": chunks, "chunk_bytes": chunk_bytes,
-                     "period": period, "seconds": seconds, "warmup": warmup},
+        "settings": asdict(load),
         "aims": {"chunks_per_s": AIM_CHUNKS_PER_S, "p99_ms": AIM_P99_MS},
         "met": {r.path: r.chunks_per_s >= 0.95 * r.offered_chunks_per_s
                 and r.p99_ms < AIM_P99_MS and not r.unfinished for r in runs},

@@ -202,6 +202,9 @@ def mosquitto(stack: Stack, paths: Paths) -> ServiceSpec:
             f"password_file {passwords}\n"
             "persistence true\n"
             f"persistence_location {home}/\n"
+            # The MQTT bridge's session queues what it has not acknowledged yet; the default cap
+            # (1000 messages) silently drops the rest of a burst, e.g. many cameras at once.
+            "max_queued_messages 1000000\n"
             "log_dest stderr\n"
             # As root mosquitto would switch to the `mosquitto` user, who cannot read our files.
             f"user {pwd.getpwuid(os.geteuid()).pw_name}\n",

@@ -93,7 +93,8 @@ def test_objectflow_tick_of_an_unknown_schedule_is_one_clear_line(
     done = tick("nope", "--values", str(values), sink_url=sink.url)
     assert done.returncode == 1
     output = (done.stdout + done.stderr).strip()
-    assert output.splitlines() == ["error: no schedule 'nope' in the wiring (declared: nightly)"], (
-        output
-    )
+    declared = "camera-reconcile, camera-sweep, nightly"  # values.yaml's plus the overlay's
+    assert output.splitlines() == [
+        f"error: no schedule 'nope' in the wiring (declared: {declared})"
+    ], output
     assert sink.attempts == []
