@@ -35,15 +35,14 @@ def status(image_id: str) -> dict[str, Any] | None:
     record = clients.call("postgres", row)
     if found is None and record is None:
         return None
-    complete = found is not None and found.complete
+    # Redis forgets a processed capture after CAMERA_PROCESSED_TTL_S; the row remains.
+    if found is None or found.processed_key:
+        state = "processed"
+    else:
+        state = "complete" if found.complete else "partial"
     body: dict[str, Any] = {
         "image_id": image_id,
-        # Redis forgets a processed capture after CAMERA_PROCESSED_TTL_S; the row remains.
-        "status": "processed"
-        if found is None or found.processed_key
-        else "complete"
-        if complete
-        else "partial",
+        "status": state,
         "camera_uid": None,
         "received": None,
         "total": None,
