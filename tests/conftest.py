@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import read_env_file
+from devstack.config import PATHS, read_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = ROOT / ".devstack"
@@ -52,10 +52,9 @@ def isolated_logging() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def stack_env() -> dict[str, str]:
     """Endpoints and credentials of the running stack, as `make up` wrote them."""
-    path = DEVSTACK / "env"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: run `make up` first (make test does)")
-    return read_env_file(path)
+    if not PATHS.env_file.exists():
+        pytest.fail(f"{PATHS.env_file} is missing: run `make up` first (make test does)")
+    return read_env_file(PATHS)
 
 
 @pytest.fixture

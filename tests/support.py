@@ -1,4 +1,4 @@
-"""Helpers for tests: reading .devstack/env and waiting on conditions with a deadline."""
+"""Helpers for tests: waiting on conditions with a deadline, the stack's clients and services."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
-            env[key.strip()] = value.strip()
-    return env
 
 
 def wait_for(

@@ -16,8 +16,9 @@ import requests
 from cloudevents.conversion import to_structured
 from cloudevents.http import CloudEvent
 
+from devstack.config import PATHS, read_env_file
 from tests.conftest import DEVSTACK
-from tests.support import read_env_file, wait_for
+from tests.support import wait_for
 
 Deliveries = Callable[..., list[dict[str, Any]]]
 SUBSCRIBERS = ("e2e-exact", "e2e-prefix", "e2e-suffix", "e2e-replies", "e2e-ordered")
@@ -75,7 +76,7 @@ def test_503_503_200_is_delivered_three_times_with_growing_delays(
 
 
 def _dead_letters(event_id: str) -> list[dict[str, Any]]:
-    url = read_env_file(DEVSTACK / "env")["DATABASE_URL"]
+    url = read_env_file(PATHS)["DATABASE_URL"]
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             "SELECT id, destination, status_code, response_body, attempts, trigger_name,"
