@@ -29,6 +29,14 @@ def wait_for(
     )
 
 
+def http_app(source: Path | str, target: str) -> Any:
+    """A test client of an HTTP function as functions-framework serves it (`--asgi`)."""
+    from functions_framework.aio import create_asgi_app
+    from starlette.testclient import TestClient
+
+    return TestClient(create_asgi_app(target, str(source), "http"))
+
+
 def s3_client(env: dict[str, str]) -> Any:
     """boto3 S3 client for the stack's MinIO (as .devstack/env describes it)."""
     import boto3

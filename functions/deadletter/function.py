@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-import flask
-import functions_framework
 from cloudevents.conversion import to_dict
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from functions.deadletter import store
-from functions.runtime import adapter
+from functions.runtime import BadEvent, http_function, registry
 from functions.runtime import logging as objectflow_logging
-from functions.runtime.errors import BadEvent, ObjectflowError
+from functions.runtime.http import read_cloudevent
+from functions.runtime.metrics import EVENTS
 
 log = logging.getLogger("objectflow.dead-letter")
 ERROR_EXTENSIONS = (
@@ -70,30 +71,34 @@ def letter_from(event: dict[str, Any]) -> store.DeadLetter:
     )
 
 
-@functions_framework.http
-def dead_letter(request: flask.Request) -> flask.Response:
+class Stored(BaseModel):
+    status: Literal["stored"] = "stored"
+    id: int = Field(description="The dead letter's id (objectflow dlq show <id>)")
+
+
+api = http_function("dead-letter", summary="The dead-letter sink of every trigger")
+
+
+@api.post("/", status_code=202, response_model=Stored)
+async def receive(request: Request) -> Stored:
     """Store one dead-lettered CloudEvent of any type; 202 once it is durable."""
-    objectflow_logging.configure("dead-letter")
-    if request.method == "GET":
-        return adapter.answer_get("dead-letter", request.path)
-    try:
-        ce = adapter.read_cloudevent(request)
-        event = to_dict(ce)
-        if isinstance(event.get("data"), bytes):
-            event["data_base64"] = base64.b64encode(event.pop("data")).decode()
-        letter = letter_from(event)
-        with objectflow_logging.event_context(
-            event_id=ce["id"], event_type=ce["type"], event_source=ce["source"]
-        ):
-            letter_id = store.save(letter)
-            log.warning(
-                "event dead-lettered",
-                extra={"dead_letter_id": letter_id, "destination": letter.destination,
-                       "status": letter.status_code, "attempts": letter.attempts},
-            )  # fmt: skip
-        body = {"status": "stored", "id": letter_id}
-        return flask.Response(json.dumps(body), status=202, mimetype="application/json")
-    except ObjectflowError as exc:
-        return flask.Response(
-            json.dumps(exc.body()), status=exc.status, mimetype="application/json"
-        )
+    ce = await read_cloudevent(request)
+    event = to_dict(ce)
+    if isinstance(event.get("data"), bytes):
+        event["data_base64"] = base64.b64encode(event.pop("data")).decode()
+    letter = letter_from(event)
+    with objectflow_logging.event_context(
+        event_id=ce["id"], event_type=ce["type"], event_source=ce["source"]
+    ):
+        letter_id = await run_in_threadpool(store.save, letter)
+        log.warning(
+            "event dead-lettered",
+            extra={"dead_letter_id": letter_id, "destination": letter.destination,
+                   "status": letter.status_code, "attempts": letter.attempts},
+        )  # fmt: skip
+    known = registry.lookup(ce["type"]) is not None
+    EVENTS.labels("dead-letter", ce["type"] if known else "other", "stored").inc()
+    return Stored(id=letter_id)
+
+
+dead_letter = api.target

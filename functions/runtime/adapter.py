@@ -32,8 +32,7 @@ from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from functions.events import CATALOG
-from functions.runtime import cehttp, idempotency, settings
+from functions.runtime import cehttp, idempotency, registry, settings
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import (
     BadEvent,
@@ -79,9 +78,12 @@ def cloudevent_function(
     name: str, *, accepts: Sequence[str], idempotent: bool = True
 ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
     """Wrap `handler` as the functions-framework HTTP target of function `name`."""
-    unknown = [t for t in accepts if t not in CATALOG]
+    unknown = [t for t in accepts if registry.lookup(t) is None]
     if unknown:
-        raise ValueError(f"{name}: event types {unknown} are not in functions.events.CATALOG")
+        raise ValueError(
+            f"{name}: event types {unknown} are not registered; import the events module "
+            "of their domain first (functions/<domain>/events.py)"
+        )
 
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
         def view(request: flask.Request) -> flask.Response:
@@ -103,7 +105,7 @@ def cloudevent_function(
 def answer_get(name: str, path: str) -> flask.Response:
     """GET /health and GET /metrics, which every function serves."""
     if path in ("/health", "/healthz", "/readyz"):
-        return _json(200, {"status": "ok", "function": name, "ts": _now()})
+        return _json(200, {"status": "ok", "function": name, "ts": now()})
     if path == "/metrics":
         return flask.Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
     return _json(404, {"error": "not-found", "detail": f"no GET {path}; try /health or /metrics"})
@@ -168,10 +170,16 @@ def read_cloudevent(request: flask.Request) -> CloudEvent:
     body = request.stream.read(limit + 1)
     if len(body) > limit:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    if request.mimetype == "application/cloudevents-batch+json":
+    return decode_cloudevent(dict(request.headers), body)
+
+
+def decode_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
+    """A binary or structured CloudEvent from an HTTP request's headers and body."""
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if content_type.split(";")[0].strip().lower() == "application/cloudevents-batch+json":
         raise UnsupportedMediaType("batched CloudEvents are not supported; send one per request")
     try:
-        return cehttp.decode(dict(request.headers), body)
+        return cehttp.decode(dict(headers), body)
     except GenericException as exc:
         raise BadEvent(f"not a valid CloudEvent: {exc}") from None
 
@@ -193,7 +201,7 @@ def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) ->
     data = ce.get_data()
     if isinstance(data, bytes | bytearray):
         raise BadEvent("data is not valid JSON", field="data")
-    model = CATALOG[event_type].model
+    model = registry.get(event_type).model
     try:
         validated = model.model_validate({} if data is None else data)
     except ValidationError as exc:
@@ -239,7 +247,7 @@ def _reply(name: str, event: Event[Any], reply: Reply) -> flask.Response:
 def _done(
     name: str, event_type: str, started: float, outcome: str, response: flask.Response
 ) -> flask.Response:
-    metric_type = event_type if event_type in CATALOG else "other"
+    metric_type = event_type if registry.lookup(event_type) is not None else "other"
     EVENTS.labels(name, metric_type, outcome).inc()
     DURATION.labels(name, metric_type).observe(time.perf_counter() - started)
     return response
@@ -254,5 +262,5 @@ def _is_json(content_type: str) -> bool:
     return mime in ("application/json", "text/json") or mime.endswith("+json")
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(UTC).isoformat().replace("+00:00", "Z")

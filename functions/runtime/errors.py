@@ -1,6 +1,7 @@
 """One exception hierarchy; each error knows the HTTP status Knative delivery acts on.
 
-400/413/415/422: the event is bad -> dead-lettered at once, never retried.
+400/413/415/422: the event is bad -> dead-lettered at once, never retried (404: not found, for
+HTTP APIs).
 500/503: something failed that may recover -> retried with backoff, then dead-lettered.
 """
 
@@ -61,6 +62,27 @@ class InvalidData(BadEvent):
         if self.errors:
             body["errors"] = self.errors
         return body
+
+
+class BadRequest(ObjectflowError):
+    """An HTTP request an API cannot serve as asked (a malformed path or parameter)."""
+
+    status = 400
+    code = "bad-request"
+
+
+class Unauthorized(ObjectflowError):
+    """No credentials, or wrong ones."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class NotFound(ObjectflowError):
+    """What an HTTP request names does not exist."""
+
+    status = 404
+    code = "not-found"
 
 
 class DependencyUnavailable(ObjectflowError):

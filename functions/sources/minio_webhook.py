@@ -1,6 +1,6 @@
 """MinIO bucket notifications -> CloudEvents: a functions-framework HTTP function.
 
-    functions-framework --source functions/sources/minio_webhook.py --target minio_webhook
+    functions-framework --asgi --source functions/sources/minio_webhook.py --target minio_webhook
 
 MinIO posts S3 event JSON (`{"EventName", "Key", "Records": [...]}`) with
 `Authorization: Bearer $MINIO_WEBHOOK_TOKEN`. Each record becomes one CloudEvent
@@ -15,31 +15,29 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 from datetime import datetime
-from typing import Any
 from urllib.parse import unquote_plus
 
-import flask
-import functions_framework
 import requests
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
-from functions.events import CATALOG
+from functions.runtime import BadRequest, ObjectflowError, SettingsError, http_function
 from functions.runtime import logging as objectflow_logging
-from functions.runtime.adapter import answer_get
-from functions.runtime.errors import ObjectflowError, SettingsError
+from functions.runtime.errors import Unauthorized
 from functions.sources import sink
+from functions.sources.events import S3ObjectCreated, S3ObjectEvent, S3ObjectRemoved
 
 NAME = "minio-webhook"
 TOKEN_ENV = "MINIO_WEBHOOK_TOKEN"
 META_PREFIX = "x-amz-meta-"
-TYPES = {
-    "s3:ObjectCreated:": "objectflow.s3.object.created.v1",
-    "s3:ObjectRemoved:": "objectflow.s3.object.removed.v1",
+TYPES: dict[str, tuple[str, type[S3ObjectEvent]]] = {
+    "s3:ObjectCreated:": ("objectflow.s3.object.created.v1", S3ObjectCreated),
+    "s3:ObjectRemoved:": ("objectflow.s3.object.removed.v1", S3ObjectRemoved),
 }
 log = logging.getLogger("objectflow.sources.minio_webhook")
 
@@ -83,7 +81,8 @@ class Notification(_Model):
 # --- domain: record -> CloudEvent --------------------------------------------------------------
 
 
-def event_type(event_name: str) -> str | None:
+def event_type(event_name: str) -> tuple[str, type[S3ObjectEvent]] | None:
+    """(CloudEvent type, data model) of an S3 event name; None for events we do not forward."""
     return next((t for prefix, t in TYPES.items() if event_name.startswith(prefix)), None)
 
 
@@ -104,12 +103,13 @@ def event_id(bucket: str, key: str, version_id: str | None, sequencer: str | Non
 
 def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent | None:
     """The CloudEvent for one record, validated against the catalog; None for other events."""
-    ce_type = event_type(record.event_name)
-    if ce_type is None:
+    found = event_type(record.event_name)
+    if found is None:
         return None
+    ce_type, model = found
     obj, bucket = record.s3.object, record.s3.bucket.name
     key = unquote_plus(obj.key)  # MinIO URL-encodes keys in notifications, space as `+`
-    data = CATALOG[ce_type].model.model_validate(
+    data = model.model_validate(
         {
             "bucket": bucket,
             "key": key,
@@ -155,8 +155,15 @@ def _token() -> str:
     return token
 
 
-def _json(status: int, body: dict[str, Any]) -> flask.Response:
-    return flask.Response(json.dumps(body), status=status, mimetype="application/json")
+class BadNotification(BadRequest):
+    code = "bad-notification"
+
+
+class SinkDown(ObjectflowError):
+    """The sink did not take the events now: a 503, so MinIO keeps the notification queued."""
+
+    status = 503
+    code = "sink-unavailable"
 
 
 def _forward(events: list[CloudEvent]) -> None:
@@ -179,20 +186,26 @@ def _forward(events: list[CloudEvent]) -> None:
             log.info("object event forwarded")
 
 
-def handle(request: flask.Request) -> flask.Response:
-    if not authorized(request.headers.get("Authorization"), _token()):
-        return _json(401, {"error": "unauthorized", "detail": "missing or wrong bearer token"})
+class Forwarded(BaseModel):
+    forwarded: int = Field(description="CloudEvents posted to the sink")
+
+
+def handle(authorization: str | None, body: bytes, traceparent: str | None) -> Forwarded:
+    """Check the token, turn every record into a CloudEvent and post them to the sink."""
+    if not authorized(authorization, _token()):
+        raise Unauthorized("missing or wrong bearer token")
     try:
-        notification = Notification.model_validate_json(request.get_data())
+        notification = Notification.model_validate_json(body)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        detail = f"not a MinIO notification: {where}: {first['msg']}"
-        return _json(400, {"error": "bad-notification", "detail": detail, "field": where})
+        raise BadNotification(
+            f"not a MinIO notification: {where}: {first['msg']}", field=where
+        ) from None
     events = []
     for record in notification.records:
         sink.MESSAGES.labels(NAME, "received").inc()
-        event = to_cloudevent(record, request.headers.get("traceparent"))
+        event = to_cloudevent(record, traceparent)
         if event is None:
             log.info(
                 "skipping event %s", record.event_name, extra={"bucket": record.s3.bucket.name}
@@ -205,19 +218,21 @@ def handle(request: flask.Request) -> flask.Response:
     except sink.SinkUnavailable as exc:
         log.warning("sink unavailable; MinIO will retry", extra={"error": str(exc)})
         sink.SINK_RETRIES.labels(NAME).inc()
-        return _json(503, {"error": "sink-unavailable", "detail": str(exc)})
-    return _json(200, {"forwarded": len(events)})
+        raise SinkDown(str(exc)) from None
+    return Forwarded(forwarded=len(events))
 
 
-@functions_framework.http
-def minio_webhook(request: flask.Request) -> flask.Response:
-    objectflow_logging.configure(NAME)
-    if request.method in ("GET", "HEAD"):
-        return answer_get(NAME, request.path)
-    if request.method != "POST":
-        return _json(405, {"error": "method-not-allowed", "detail": "POST MinIO notifications"})
-    try:
-        return handle(request)
-    except ObjectflowError as exc:  # settings: a 5xx, so MinIO keeps the notification
-        log.error("cannot handle notifications: %s", exc.detail, extra={"field": exc.field})
-        return _json(exc.status, exc.body())
+api = http_function(NAME, summary="MinIO bucket notifications to CloudEvents")
+
+
+@api.post("/", response_model=Forwarded)
+async def notify(request: Request) -> Forwarded:
+    """One MinIO notification (`Authorization: Bearer $MINIO_WEBHOOK_TOKEN`)."""
+    body = await request.body()
+    headers = request.headers
+    return await run_in_threadpool(
+        handle, headers.get("authorization"), body, headers.get("traceparent")
+    )
+
+
+minio_webhook = api.target

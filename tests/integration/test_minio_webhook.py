@@ -51,7 +51,7 @@ class Adapter:
     def __init__(self, port: int, env: dict[str, str], log: Path) -> None:
         self.url = f"http://127.0.0.1:{port}/"
         self.command = [
-            sys.executable, "-m", "functions_framework", "--source", str(SOURCE),
+            sys.executable, "-m", "functions_framework", "--asgi", "--source", str(SOURCE),
             "--target", "minio_webhook", "--host", "127.0.0.1", "--port", str(port),
         ]  # fmt: skip
         self.env, self.log = env, log
@@ -90,9 +90,9 @@ def folder(service_env: dict[str, str]) -> Iterator[str]:
     clients.reset()
     prefix = f"objectflow-test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    listed = clients.s3().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    listed = clients.s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     for obj in listed:
-        clients.s3().delete_object(Bucket=BUCKET, Key=obj["Key"])
+        clients.s3.client().delete_object(Bucket=BUCKET, Key=obj["Key"])
     clients.reset()
 
 
@@ -104,7 +104,7 @@ def test_upload_becomes_cloudevent_with_decoded_key(
     adapter: Adapter, sink: RecordingSink, folder: str
 ) -> None:
     key = f"{folder}/dir/with space/ünï.txt"
-    clients.s3().put_object(
+    clients.s3.client().put_object(
         Bucket=BUCKET, Key=key, Body=b"hello", ContentType="text/plain",
         Metadata={"Camera-Id": "cam-7"},
     )  # fmt: skip
@@ -149,7 +149,7 @@ def test_uploads_while_the_adapter_is_down_arrive_when_it_is_back(
     adapter.stop()
     keys = [f"{folder}/offline-{i}.bin" for i in range(5)]
     for key in keys:
-        clients.s3().put_object(Bucket=BUCKET, Key=key, Body=os.urandom(16))
+        clients.s3.client().put_object(Bucket=BUCKET, Key=key, Body=os.urandom(16))
 
     adapter.start()
     events = wait_for(

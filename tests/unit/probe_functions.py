@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functions.events import EchoReply, EchoRequest
+from functions.echo.events import EchoReply, EchoRequest
 from functions.runtime.adapter import Event, Reply, cloudevent_function
 from functions.runtime.errors import DependencyUnavailable, InvalidData
 

@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 from devstack import camera_sim
 from functions.camera import capture, messages, records, watch
-from functions.events import CameraChunk, S3ObjectCreated
+from functions.camera.events import CameraChunk
+from functions.sources.events import S3ObjectCreated
 from functions.runtime import settings
 from functions.runtime.errors import InvalidData, PayloadTooLarge
 

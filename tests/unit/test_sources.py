@@ -9,14 +9,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import functions_framework
 import pytest
-from flask.testing import FlaskClient
+from starlette.testclient import TestClient
 
 from functions.runtime.errors import SettingsError
 from functions.sources import minio_webhook, mqtt_bridge
 from functions.sources.minio_webhook import Notification
 from functions.sources.routes import MqttRoute
+from tests.support import http_app
 
 ROOT = Path(__file__).resolve().parents[2]
 WEBHOOK = str(ROOT / "functions" / "sources" / "minio_webhook.py")
@@ -161,9 +161,9 @@ def test_record_id_is_stable_per_object_version_and_sequencer() -> None:
 
 
 @pytest.fixture
-def webhook() -> FlaskClient:
+def webhook() -> TestClient:
     os.environ.update(MINIO_WEBHOOK_TOKEN=TOKEN, K_SINK="http://127.0.0.1:9/unreachable")
-    return functions_framework.create_app("minio_webhook", WEBHOOK, "http").test_client()
+    return http_app(WEBHOOK, "minio_webhook")
 
 
 def notification(*records: dict[str, Any]) -> dict[str, Any]:
@@ -173,11 +173,11 @@ def notification(*records: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     "header", [None, "Bearer wrong-token", f"Basic {TOKEN}", TOKEN, "Bearer"], ids=repr
 )
-def test_webhook_rejects_missing_or_wrong_token(webhook: FlaskClient, header: str | None) -> None:
+def test_webhook_rejects_missing_or_wrong_token(webhook: TestClient, header: str | None) -> None:
     headers = {"Authorization": header} if header else {}
     response = webhook.post("/", json=notification(RECORD), headers=headers)
     assert response.status_code == 401
-    assert response.get_json()["error"] == "unauthorized"
+    assert response.json()["error"] == "unauthorized"
 
 
 @pytest.mark.parametrize(
@@ -189,20 +189,20 @@ def test_webhook_rejects_missing_or_wrong_token(webhook: FlaskClient, header: st
     ],
 )
 def test_webhook_answers_400_to_malformed_notifications(
-    webhook: FlaskClient, body: bytes, field: str
+    webhook: TestClient, body: bytes, field: str
 ) -> None:
-    response = webhook.post("/", data=body, headers={"Authorization": f"Bearer {TOKEN}"})
+    response = webhook.post("/", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == 400
-    assert response.get_json()["field"] == field
+    assert response.json()["field"] == field
 
 
-def test_webhook_answers_503_when_the_sink_is_down(webhook: FlaskClient) -> None:
+def test_webhook_answers_503_when_the_sink_is_down(webhook: TestClient) -> None:
     response = webhook.post(
         "/", json=notification(RECORD), headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert response.status_code == 503  # MinIO keeps the notification queued and retries
 
 
-def test_webhook_health_and_metrics(webhook: FlaskClient) -> None:
-    assert webhook.get("/health").get_json()["status"] == "ok"
-    assert b"objectflow_source_messages_total" in webhook.get("/metrics").data
+def test_webhook_health_and_metrics(webhook: TestClient) -> None:
+    assert webhook.get("/health").json()["status"] == "ok"
+    assert b"objectflow_source_messages_total" in webhook.get("/metrics").content
