@@ -16,6 +16,7 @@ def test_migrations_are_applied_and_idempotent(stack_env: dict[str, str]) -> Non
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'thermo'"
         )
         assert {row[0] for row in cur.fetchall()} >= {"devices", "image_objects"}
-        cur.execute("SELECT count(*) FROM _yoyo_migration")
-        (applied,) = cur.fetchone()
-        assert applied == len(list(migrate.MIGRATIONS_DIR.glob("*.sql")))
+        cur.execute("SELECT migration_id FROM _yoyo_migration")
+        applied = {row[0] for row in cur.fetchall()}
+        ours = {path.stem for folder in migrate.directories() for path in folder.glob("*.sql")}
+        assert applied >= ours
