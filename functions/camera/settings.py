@@ -1,7 +1,7 @@
 """Settings of the camera pipeline, with the source documents' names where they exist.
 
 Connection settings (Redis, MinIO, PostgreSQL, RabbitMQ) come from functions.runtime.settings;
-these are the pipeline's own knobs, built lazily and cached like every settings object.
+these are the pipeline's own buckets and knobs, built lazily and cached like every settings object.
 """
 
 from __future__ import annotations
@@ -42,6 +42,15 @@ class CameraSettings(BaseSettings):
     )
 
 
+class BucketSettings(BaseSettings):
+    """The watched buckets (`MINIO_RAW_BUCKET`, `MINIO_PROCESSED_BUCKET`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
+
+    raw_bucket: str = "thermo-raw"
+    processed_bucket: str = "thermo-processed"
+
+
 class RoutingSettings(BaseSettings):
     """RabbitMQ routing keys of the watcher service (`RAW_ROUTING_KEY`, ...)."""
 
@@ -68,5 +77,6 @@ class ReconcileSettings(BaseSettings):
 
 
 camera = settings.cached(CameraSettings)
+buckets = settings.cached(BucketSettings)
 routing = settings.cached(RoutingSettings)
 reconcile = settings.cached(ReconcileSettings)

@@ -55,11 +55,6 @@ def event_context(**fields: Any) -> Iterator[None]:
         _event_context.reset(token)
 
 
-def current(key: str) -> Any:
-    """A field of the event being handled (for example `traceparent` to pass downstream)."""
-    return (_event_context.get() or {}).get(key)
-
-
 def new_traceparent() -> str:
     """A fresh W3C traceparent (sampled) for an event that arrives without one."""
     return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"

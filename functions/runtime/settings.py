@@ -30,7 +30,6 @@ class PostgresSettings(BaseSettings):
     name: str = "thermosense_db"
     user: str = "postgres"
     password: SecretStr | None = None
-    schema_: str = Field(default="thermo", validation_alias="DB_SCHEMA")
     pool_max: int = Field(default=8, gt=0)
 
     @model_validator(mode="after")
@@ -78,11 +77,6 @@ class MinioSettings(BaseSettings):
         validation_alias=AliasChoices("MINIO_SECRET_KEY", "MINIO_ROOT_PASSWORD")
     )
     region: str = "us-east-1"
-    raw_bucket: str = "thermo-raw"
-    processed_bucket: str = "thermo-processed"
-    product_bucket: str = "product-images"
-    detections_bucket: str = "detections"
-    firmware_bucket: str = "firmware"
 
     @model_validator(mode="after")
     def _endpoint_is_url(self) -> MinioSettings:

@@ -37,7 +37,7 @@ def test_postgres_answers_and_has_the_thermo_schema(stack_env: dict[str, str]) -
             assert cur.fetchone() == (1,)
             cur.execute(
                 "SELECT 1 FROM information_schema.schemata WHERE schema_name = %s",
-                [stack_env["DB_SCHEMA"]],
+                ["thermo"],
             )
             assert cur.fetchone() == (1,)
     finally:

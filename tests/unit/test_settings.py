@@ -52,7 +52,6 @@ def test_database_url_wins_over_db_parts() -> None:
 def test_db_parts_build_a_quoted_dsn() -> None:
     os.environ.update(DB_HOST="pg", DB_PORT="5433", DB_NAME="n", DB_USER="u", DB_PASSWORD="p@ss/")
     assert settings.postgres().dsn == "postgresql://u:p%40ss%2F@pg:5433/n"
-    assert settings.postgres().schema_ == "thermo"
 
 
 def test_minio_access_key_takes_precedence_over_root_user() -> None:
