@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from rich.table import Table
 
 from devstack import dlq, kind, stack
 from devstack.config import PATHS, read_env_file
+from devstack.demo import names as demo_names
 from devstack.errors import DevstackError
 
 app = typer.Typer(
@@ -111,12 +113,24 @@ def check() -> None:
         raise typer.Exit(1)
 
 
+DEMO_ONLY_HELP = f"A demo to run (repeatable): {', '.join(demo_names())}; default all."
+
+
 @app.command()
-def demo() -> None:
-    """Run the functions against the running stack, printing each step (`make demo`)."""
+def demo(
+    only: list[str] | None = typer.Option(
+        None,
+        "--only",
+        metavar="NAME",
+        help=DEMO_ONLY_HELP,
+        show_default=False,
+    ),
+) -> None:
+    """Run the functions against the running stack, printing each step (`make demo`). The demos
+    are devstack/<domain>/demo.py, found by convention (devstack/demo.py)."""
     from devstack.demo import run
 
-    if not run(read_env_file(PATHS), console):
+    if not run(read_env_file(PATHS), console, only):
         raise typer.Exit(1)
 
 
@@ -157,38 +171,10 @@ def schema() -> None:
     console.print(f"wrote {wiring.SCHEMA}")
 
 
-@app.command()
-def bench(
-    only: str = typer.Option("all", help="runtime, camera or all."),
-    seconds: float = typer.Option(10.0, help="Measured seconds per rate and path."),
-    warmup: float = typer.Option(2.0, help="Warm-up seconds before each measurement."),
-    repeats: int = typer.Option(5, help="Cold starts per function."),
-    cameras: int = typer.Option(100, help="camera: simulated cameras."),
-    chunks: int = typer.Option(16, help="camera: chunks per capture."),
-    chunk_bytes: int = typer.Option(2048, help="camera: bytes per chunk."),
-    period: float = typer.Option(2.0, help="camera: seconds between a camera's captures."),
-) -> None:
-    """Benchmark the local runtime (bench/README.md). runtime: latency one broker hop adds
-    (open-loop at 200 and 1,000 events/s, broker vs direct POST), cold start and RSS of an
-    adapter function vs a bare functions-framework hello-world. camera: chunks/s, images/s and
-    last-chunk-to-row latency of the camera pipeline vs a direct single-process MQTT consumer.
-    Brings the runtime up with bench/values-bench.yaml; prints tables, writes bench/out/."""
-    if only not in ("all", "runtime", "camera"):
-        raise DevstackError(f"--only must be runtime, camera or all (got {only!r})")
-    ok = True
-    if only in ("all", "runtime"):
-        from bench import runtime
-
-        ok &= runtime.run(console, seconds=seconds, warmup=warmup, repeats=repeats)
-    if only in ("all", "camera"):
-        from bench import camera
-
-        ok &= camera.run(
-            console, cameras=cameras, chunks=chunks, chunk_bytes=chunk_bytes, period=period,
-            seconds=seconds, warmup=warmup,
-        )  # fmt: skip
-    if not ok:
-        raise typer.Exit(1)
+# Commands other packages plug in (pyproject.toml `objectflow.commands`, e.g. bench.cli:bench
+# as `objectflow bench`); devstack never imports them by name.
+for _command in entry_points(group="objectflow.commands"):
+    app.command(name=_command.name)(_command.load())
 
 
 def main() -> None:

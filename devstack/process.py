@@ -15,6 +15,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+import psutil
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from devstack.config import HOST, PATHS, Paths
@@ -32,10 +33,9 @@ def read_pid(spec: ServiceSpec, paths: Paths = PATHS) -> int | None:
 def alive(pid: int) -> bool:
     """True if the process exists and is not a zombie (an unreaped child still answers kill 0)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def port_open(port: int, timeout: float = 0.5) -> bool:

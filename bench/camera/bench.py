@@ -7,7 +7,7 @@ Mosquitto at QoS 1, without image_id (the camera-session path, the one that need
 - pipeline: topic camera/<uid>/image_json -> MQTT bridge -> broker (ordered per camera) ->
   camera-ingest (functions-framework) -> Redis / MinIO / PostgreSQL;
 - direct: topic bench-direct/<uid>/image_json -> one process doing the same work with the same
-  domain code (bench/camera_direct.py), source document 001's architecture.
+  domain code (bench/camera/direct.py), source document 001's architecture.
 
 Latency of a capture = the image row's `created_at` (PostgreSQL's clock) minus the time its last
 chunk was published (same machine, same clock). Captures are matched to rows by checksum.
@@ -32,10 +32,8 @@ import psycopg2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.runtime import OUT, ROOT, machine_cpu_seconds, runtime_up
-from devstack import camera_sim
-from devstack.config import PATHS, read_env_file
-from devstack.errors import DevstackError
+from bench.common import OUT, ROOT, machine_cpu_seconds, runtime_up
+from devstack.api import PATHS, DevstackError, camera_sim, read_env_file
 from functions.runtime import clients, settings
 
 AIM_CHUNKS_PER_S = 800  # 100 cameras x 16 chunks every 2 s
@@ -148,7 +146,7 @@ def camera_run(path: str, load: Load, advance: Callable[[int], None]) -> CameraR
     if path == "direct":
         root = f"bench-direct-{prefix.split('-')[2]}"
         direct = subprocess.Popen(
-            [sys.executable, "-m", "bench.camera_direct", root],
+            [sys.executable, "-m", "bench.camera.direct", root],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@ One MQTT consumer subscribed to `<root>/+/image_json` does the same Redis, MinIO
 work as camera-ingest (the same domain code, functions.camera.capture), in arrival order, with no
 broker, no HTTP and no CloudEvents in between:
 
-    python -m bench.camera_direct <topic-root>
+    python -m bench.camera.direct <topic-root>
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`objectflow bench`: what the local runtime costs, measured on this machine.
+"""`objectflow bench --only runtime`: what the local runtime costs, measured on this machine.
 
 1. Added latency of one broker hop. Open-loop (events leave on a fixed schedule, never waiting
    for answers) at each rate, the same CloudEvent is POSTed (a) to the broker, which routes it to
@@ -36,16 +36,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from devstack import process, wiring
-from devstack.config import HOST, PATHS, read_env_file
-from devstack.errors import DevstackError
-from devstack.process import free_port
-from devstack.runtime import supervisor
+from bench.common import (
+    OUT,
+    ROOT,
+    check_runtime,
+    cpu_seconds,
+    machine_cpu_seconds,
+    process_tree,
+    runtime_up,
+    samples,
+    tree_memory_kb,
+)
+from devstack.api import HOST, PATHS, DevstackError, free_port, read_env_file
 
-ROOT = wiring.ROOT
-OVERLAY = ROOT / "bench" / "values-bench.yaml"
-OUT = ROOT / "bench" / "out"
-SINK = "bench-sink"
 PING = "objectflow.bench.ping.v1"
 AIM_HOP_MS = 2.0  # one hop adds under 2 ms median
 AIM_COLD_RATIO = 1.5  # adapter cold start within 1.5x of a bare hello-world
@@ -56,78 +59,8 @@ COLD = {  # name -> (entrypoint, event type the first POST carries, data)
         "objectflow.echo.requested.v1",
         {"message": "cold start"},
     ),
-    "hello (bare functions-framework)": ("bench/functions.py:hello", PING, {"sent": 0}),
+    "hello (bare functions-framework)": ("bench/runtime/functions.py:hello", PING, {"sent": 0}),
 }
-
-
-# --- process helpers ------------------------------------------------------------------
-
-
-def _children() -> dict[int, list[int]]:
-    tree: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            tree.setdefault(ppid, []).append(int(entry.name))
-    return tree
-
-
-def process_tree(pid: int) -> list[int]:
-    tree, found, todo = _children(), [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(tree.get(current, []))
-    return found
-
-
-def _status_kb(pid: int, path: str, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def tree_memory_kb(pid: int) -> tuple[int, int]:
-    """(sum of VmRSS, sum of Pss) over `pid` and its descendants."""
-    pids = process_tree(pid)
-    rss = sum(_status_kb(p, "status", "VmRSS") for p in pids)
-    pss = sum(_status_kb(p, "smaps_rollup", "Pss") for p in pids)
-    return rss, pss
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of `pids` so far."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / ticks
-
-
-def machine_cpu_seconds() -> float:
-    """Busy CPU seconds of the whole machine so far (all cores; /proc/stat)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 # --- 1. latency of one hop --------------------------------------------------------------
@@ -211,14 +144,6 @@ async def _open_loop(
     return ids, max(last - first, 1e-9), lags, counts["errors"]
 
 
-def _samples(sink_url: str, clear: bool = False) -> list[list[Any]]:
-    response = requests.get(
-        f"{sink_url}samples", params={"clear": "1"} if clear else {}, timeout=10
-    )
-    response.raise_for_status()
-    return response.json()
-
-
 def latency_run(
     rate: int,
     path: str,
@@ -229,7 +154,7 @@ def latency_run(
     advance: Callable[[int], None],
 ) -> LatencyRun:
     sink_url = urls["direct"]
-    _samples(sink_url, clear=True)
+    samples(sink_url, clear=True)
     tag = f"{path}-{rate}-{uuid.uuid4().hex[:8]}"
     check_runtime(urls)  # another `objectflow up` may have swapped the runtime meanwhile
     cpu_before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -253,7 +178,7 @@ def latency_run(
     while len(got) < len(wanted) and time.monotonic() < min(stalled, deadline):
         time.sleep(0.2)
         before = len(got)
-        got = {row[0]: row for row in _samples(sink_url) if row[0] in wanted}
+        got = {row[0]: row for row in samples(sink_url) if row[0] in wanted}
         if len(got) > before:
             stalled = time.monotonic() + 5
     latencies = sorted((received - sent) * 1000 for _id, sent, received in got.values())
@@ -345,45 +270,6 @@ def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) ->
     result.seconds.append(round(elapsed, 4))
     result.rss_mib.append(round(rss / 1024, 1))
     result.pss_mib.append(round(pss / 1024, 1))
-
-
-# --- bringing the runtime up --------------------------------------------------------------
-
-
-def check_runtime(urls: dict[str, str]) -> None:
-    """Refuse to send anything unless the broker routes bench pings to our bench subscriber."""
-    try:
-        table = requests.get(f"{urls['broker']}routes", timeout=5).json()
-        sink_ok = isinstance(_samples(urls["direct"]), list)
-    except (requests.RequestException, ValueError):
-        table, sink_ok = [], False
-    routed = any(r["trigger"] == "bench-ping" and r["url"] == urls["direct"] for r in table)
-    if not (routed and sink_ok):
-        raise DevstackError(
-            "bench: the runtime no longer runs bench/values-bench.yaml (another `objectflow up "
-            "--values ...` replaced it, e.g. a test run); run the bench when the stack is idle"
-        )
-
-
-def runtime_up() -> tuple[dict[str, str], dict[str, list[int]]]:
-    """`objectflow up --values bench/values-bench.yaml`; the URLs and pids to measure."""
-    command = [sys.executable, "-m", "devstack.cli", "up", "--values", str(OVERLAY)]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise DevstackError(f"bench: `objectflow up` failed:\n{done.stdout}{done.stderr}")
-    values = wiring.load(OVERLAY)
-    urls = {
-        "broker": supervisor.broker_url(values),
-        "direct": f"http://{HOST}:{values.function_ports()[SINK]}/",
-    }
-    broker = process.our_pid(supervisor.spec([OVERLAY]))
-    if broker is None:
-        raise DevstackError("bench: the runtime is not running after `objectflow up`")
-    check_runtime(urls)
-    sink = sorted(  # gunicorn master and its forked worker (same command line)
-        pid for pid in process_tree(broker)[1:] if "bench/functions.py" in _cmdline(pid)
-    )
-    return urls, {"client": [os.getpid()], "broker": [broker], "function": sink}
 
 
 # --- report -------------------------------------------------------------------------------

@@ -24,10 +24,12 @@ from matplotlib import pyplot
 from rich.console import Console
 from rich.table import Table
 
-from devstack import camera_sim, wiring
+from devstack import wiring
+from devstack.camera import sim as camera_sim
 from functions.runtime import clients, settings
 
 CHUNKS = 8
+ORDER = 20  # after echo
 
 
 def thermal_png() -> bytes:

@@ -1,8 +1,8 @@
 """Simulated cameras: captures split into chunks and published the way cameras do it.
 
 MQTT topic `camera/<uid>/image_json`, JSON `{"id", "index", "total", "data" (base64)}` plus
-an optional `image_id` (source document 001). Used by `objectflow demo`, the e2e tests and the
-camera benchmark.
+an optional `image_id` (source document 001). Used by `objectflow demo` (devstack/camera/demo.py),
+the tests and the camera benchmark (bench/camera/).
 """
 
 from __future__ import annotations

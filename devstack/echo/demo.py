@@ -1,9 +1,8 @@
-"""`objectflow demo`: prove the runtime end to end against the running stack.
+"""The echo step of `objectflow demo`: prove the adapter end to end against the running stack.
 
 Starts the echo function under the real functions-framework server, sends it CloudEvents
 (binary and structured mode, a redelivery, a bad event) and prints what happened at each
-step, then the function's own metrics. Then a simulated camera pushes a capture through the
-running runtime (devstack.demo_camera).
+step, then the function's own metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +21,11 @@ from cloudevents.http import CloudEvent
 from rich.console import Console
 from rich.table import Table
 
-from devstack import demo_camera
 from devstack.process import free_port
 from functions.runtime import cehttp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+ORDER = 10  # first: the smallest proof
 ECHO_SOURCE = ROOT / "functions" / "echo" / "function.py"
 
 
@@ -36,7 +35,7 @@ def _echo_event(message: object, event_id: str) -> CloudEvent:
 
 
 def run(env: dict[str, str], console: Console) -> bool:
-    """Run the echo proof and the camera capture; True when every step behaved as expected."""
+    """Run the echo proof; True when every step behaved as expected."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     log_path = ROOT / ".devstack" / "logs" / "demo-echo.log"
@@ -52,11 +51,10 @@ def run(env: dict[str, str], console: Console) -> bool:
             stop=tenacity.stop_after_delay(20), wait=tenacity.wait_fixed(0.1), reraise=True
         )(lambda: requests.get(f"{base}/health", timeout=1).raise_for_status())()
         console.print(f"echo is serving on {base} (functions-framework, log: {log_path})")
-        echo_ok = _steps(base, console)
+        return _steps(base, console)
     finally:
         server.terminate()
         server.wait(timeout=10)
-    return demo_camera.run(env, console) and echo_ok
 
 
 def _steps(base: str, console: Console) -> bool:

@@ -4,9 +4,12 @@ kind-config.yaml, `objectflow kind up` (its plan), skaffold.yaml and the Tiltfil
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -34,12 +37,41 @@ def test_dockerfile_builds_a_non_root_image_from_the_lock() -> None:
     final = parser.structure[stages[-1] :]
     instructions = [(i["instruction"], i["value"]) for i in parser.structure]
     sync = next(v for k, v in instructions if k == "RUN" and "uv sync" in v)
-    assert "--frozen" in sync and "--no-dev" in sync and "uv.lock" in sync
+    assert "--frozen" in sync and "--no-default-groups" in sync and "uv.lock" in sync
     user = [i["value"] for i in final if i["instruction"] == "USER"]
     assert user and user[-1].split(":")[0] == "10001"  # the uid the chart's securityContext names
     env = " ".join(i["value"] for i in final if i["instruction"] == "ENV")
     assert "HOME=/tmp" in env and "TMPDIR=/tmp" in env  # /tmp is the writable emptyDir
     assert [i["value"] for i in final if i["instruction"] == "CMD"] == ['["functions-framework"]']
+
+
+# Only the local stack, the benchmarks and the tests use these; the image must not carry them.
+NOT_IN_IMAGE = {"typer", "rich", "pyyaml", "aiohttp", "matplotlib", "numpy", "psutil", "pytest"}
+IN_IMAGE = {"functions-framework", "cloudevents", "pydantic", "boto3", "redis", "croniter"}
+
+
+def test_image_dependencies_leave_out_the_devstack_bench_and_dev_groups() -> None:
+    """What the Dockerfile's `uv sync` installs, as `uv export` resolves the same flags."""
+    sync = next(
+        i["value"]
+        for i in DockerfileParser(str(DOCKERFILE)).structure
+        if i["instruction"] == "RUN" and "uv sync" in i["value"]
+    )
+    flags = [w for w in sync.split("uv sync", 1)[1].split() if w != "--no-install-project"]
+    uv = shutil.which("uv") or str(Path.home() / ".local" / "bin" / "uv")
+    export = subprocess.run(
+        [uv, "export", *flags, "--no-hashes", "--no-emit-project", "--no-header"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    names = {
+        re.split(r"[=<>;\[ ]", line, maxsplit=1)[0].lower()
+        for line in export.stdout.splitlines()
+        if line and not line.startswith((" ", "#"))
+    }
+    assert names >= IN_IMAGE
+    assert names & NOT_IN_IMAGE == set()
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    assert {"devstack", "bench", "dev"} <= set(groups)
 
 
 def test_dockerignore_keeps_the_build_context_to_what_the_image_needs() -> None:

@@ -21,7 +21,8 @@ import psycopg2
 import pytest
 import requests
 
-from devstack import camera_sim, wiring
+from devstack import wiring
+from devstack.camera import sim as camera_sim
 from devstack.runtime import ticker
 from tests.camera_support import BoundQueue, objects, redis_client, rows, sha256, snapshot, sql
 from tests.support import E2E_OVERLAY, s3_client, start_stack, stop_service, wait_for

@@ -22,7 +22,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
 
-from devstack import camera_sim
+from devstack.camera import sim as camera_sim
 from functions.runtime import clients, settings
 from tests.camera_support import (
     BoundQueue,

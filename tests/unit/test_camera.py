@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from devstack import camera_sim
+from devstack.camera import sim as camera_sim
 from functions.camera import capture, messages, records, watch
 from functions.camera.events import CameraChunk
 from functions.sources.events import S3ObjectCreated

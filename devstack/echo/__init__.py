@@ -1,0 +1,1 @@
+"""The echo domain's local tooling: the echo demo (demo.py)."""
