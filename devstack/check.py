@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from devstack.config import PATHS, read_env_file
 
-# probe name in functions.runtime.clients -> (service, settings that locate it)
-PROBES = {
+if TYPE_CHECKING:
+    from functions.runtime.clients import Dependency
+
+# dependency probed by functions.runtime.clients -> (service, settings that locate it)
+PROBES: dict[Dependency, tuple[str, str]] = {
     "postgres": ("postgres", "DB_HOST/DB_PORT"),
     "redis": ("redis", "REDIS_HOST/REDIS_PORT"),
     "rabbitmq": ("rabbitmq", "RABBITMQ_HOST/RABBITMQ_PORT"),
@@ -36,7 +40,7 @@ def postgres_variants() -> Iterator[str]:
         yield "DATABASE_URL"
 
 
-def probe_once(name: str) -> None:
+def probe_once(name: Dependency) -> None:
     from functions.runtime import clients, settings
 
     settings.reset()
@@ -44,7 +48,7 @@ def probe_once(name: str) -> None:
     clients.probe(name)
 
 
-def check_one(name: str) -> str:
+def check_one(name: Dependency) -> str:
     """Return `ok` or a one-line reason naming the setting to fix."""
     from functions.runtime.errors import DependencyUnavailable, ObjectflowError
 

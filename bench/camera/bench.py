@@ -91,7 +91,7 @@ def _publish(root: str, uids: list[str], load: Load, advance: Callable[[int], No
     chunks, period, warmup = load.chunks, load.period, load.warmup
     connected = []
     for n in range(PUBLISHERS):
-        client = clients.connect_mqtt(f"objectflow-bench-camera-{uuid.uuid4().hex[:6]}-{n}")
+        client = clients.mqtt.connect(f"objectflow-bench-camera-{uuid.uuid4().hex[:6]}-{n}")
         connected.append(client)
     step = period / len(uids)
     rounds = int((warmup + load.seconds) / period)

@@ -29,7 +29,7 @@ log = logging.getLogger("objectflow.bench.direct")
 def main(root: str) -> int:
     logging.basicConfig(level=logging.WARNING)
     inbox: queue.Queue[Any] = queue.Queue()
-    client = clients.connect_mqtt(
+    client = clients.mqtt.connect(
         f"objectflow-bench-direct-{root}", on_message=lambda _c, _u, m: inbox.put(m)
     )
     client.subscribe(f"{root}/+/image_json", qos=1)

@@ -68,7 +68,7 @@ def run(env: dict[str, str], console: Console) -> bool:
     camera = f"demo-cam-{uuid.uuid4().hex[:6]}"
     image = thermal_png()
     channel = _bound_queue(env)
-    client = clients.connect_mqtt(f"objectflow-demo-{camera}")
+    client = clients.mqtt.connect(f"objectflow-demo-{camera}")
     started = time.monotonic()
     camera_sim.publish(client, camera, camera_sim.Capture(camera, image, CHUNKS).payloads())
     client.disconnect()
@@ -88,7 +88,9 @@ def run(env: dict[str, str], console: Console) -> bool:
         lambda _: f"{CHUNKS} messages on {camera_sim.topic(camera)} (no image_id: camera session)",
     )
     key = _wait(lambda: _object_key(env, camera))
-    stored = clients.s3().get_object(Bucket=env["MINIO_RAW_BUCKET"], Key=key) if key else None
+    stored = (
+        clients.s3.client().get_object(Bucket=env["MINIO_RAW_BUCKET"], Key=key) if key else None
+    )
     same = stored is not None and _sha(stored["Body"].read()) == _sha(image)
     ok &= (
         step(
@@ -149,7 +151,9 @@ def _message(channel: Any, key: str) -> dict[str, Any] | None:
 
 
 def _object_key(env: dict[str, str], camera: str) -> str | None:
-    listing = clients.s3().list_objects_v2(Bucket=env["MINIO_RAW_BUCKET"], Prefix=f"{camera}/")
+    listing = clients.s3.client().list_objects_v2(
+        Bucket=env["MINIO_RAW_BUCKET"], Prefix=f"{camera}/"
+    )
     contents = listing.get("Contents", [])
     return contents[0]["Key"] if contents else None
 

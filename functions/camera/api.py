@@ -27,12 +27,7 @@ CAPTURE_PATH = re.compile(r"^/captures/(?P<image_id>[^/]+)/?$")
 def status(image_id: str) -> dict[str, Any] | None:
     """Everything known about one capture, or None if neither Redis nor PostgreSQL knows it."""
     found = clients.call("redis", lambda: capture.chunk_store().capture(image_id))
-
-    def row() -> records.ImageObject | None:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            return records.by_image_id(cur, image_id)
-
-    record = clients.call("postgres", row)
+    record = clients.postgres.transaction(lambda cur: records.by_image_id(cur, image_id))
     if found is None and record is None:
         return None
     # Redis forgets a processed capture after CAMERA_PROCESSED_TTL_S; the row remains.

@@ -31,7 +31,7 @@ IMAGE_TYPES = {"image/jpeg": ("jpg", "image/jpeg"), "image/png": ("png", "image/
 def chunk_store() -> ChunkStore:
     cfg = camera_settings.camera()
     return ChunkStore(
-        clients.redis(), capture_ttl=cfg.capture_ttl_s, complete_ttl=cfg.complete_ttl_s
+        clients.redis.client(), capture_ttl=cfg.capture_ttl_s, complete_ttl=cfg.complete_ttl_s
     )
 
 
@@ -132,7 +132,7 @@ def _publish_image(camera_uid: str, image_id: str, image: bytes) -> str:
     key, content_type = object_key(camera_uid, image_id, image)
     checksum = hashlib.sha256(image).hexdigest()
     bucket = settings.minio().raw_bucket
-    answer = clients.s3_call(
+    answer = clients.s3.call(
         lambda s3: s3.put_object(
             Bucket=bucket,
             Key=key,
@@ -153,9 +153,5 @@ def _publish_image(camera_uid: str, image_id: str, image: bytes) -> str:
         image_id=image_id,
     )
 
-    def record() -> None:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            records.record(cur, seen)
-
-    clients.call("postgres", record)
+    clients.postgres.transaction(lambda cur: records.record(cur, seen))
     return key

@@ -2,7 +2,7 @@
 
 Topic exchange `RABBITMQ_EXCHANGE` (thermo_exchange) in vhost `RABBITMQ_VHOST` (/thermo),
 routing key `RAW_ROUTING_KEY` (raw.created) or `PROCESSED_ROUTING_KEY` (processed.created),
-persistent JSON, published with confirms (functions.runtime.clients.RabbitPublisher).
+persistent JSON, published with confirms (functions.runtime.clients.rabbitmq).
 """
 
 from __future__ import annotations
@@ -69,6 +69,6 @@ def publish(
     """Publish and wait for the confirm; `dedupe_key` makes the AMQP message id stable."""
     message_id = str(uuid.uuid5(MESSAGE_NAMESPACE, dedupe_key))
     headers = {"traceparent": traceparent} if traceparent else None
-    clients.rabbitmq().publish(
+    clients.rabbitmq.publish(
         routing_key, body(item, routing_key, event_time), headers=headers, message_id=message_id
     )

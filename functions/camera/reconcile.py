@@ -24,6 +24,7 @@ from functions.runtime.errors import DependencyUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from psycopg2.extensions import cursor as Cursor
 
 log = logging.getLogger("objectflow.camera.reconcile")
 
@@ -38,7 +39,7 @@ def object_exists(bucket: str, key: str) -> bool:
             raise
         return True
 
-    return clients.s3_call(head)
+    return clients.s3.call(head)
 
 
 def settle(item: records.ImageObject, traceparent: str | None) -> str:
@@ -51,36 +52,33 @@ def settle(item: records.ImageObject, traceparent: str | None) -> str:
     else:
         reason = None
 
-    def apply() -> str:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            if reason is not None:
-                return "failed" if records.mark_failed(cur, item, reason) else "skipped"
-            if not records.mark_republished(cur, item):
-                return "skipped"
-            # Published while the counted row is still uncommitted: a failed publish rolls
-            # the count back and the next run tries again.
-            messages.publish(
-                item,
-                messages.stage(item.bucket).routing_key,
-                datetime.now(UTC),
-                dedupe_key=f"{item.bucket}/{item.object_key}#republish-{item.republish_count + 1}",
-                traceparent=traceparent,
-            )
-            return "republished"
+    def apply(cur: Cursor) -> str:
+        if reason is not None:
+            return "failed" if records.mark_failed(cur, item, reason) else "skipped"
+        if not records.mark_republished(cur, item):
+            return "skipped"
+        # Published while the counted row is still uncommitted: a failed publish rolls
+        # the count back and the next run tries again.
+        messages.publish(
+            item,
+            messages.stage(item.bucket).routing_key,
+            datetime.now(UTC),
+            dedupe_key=f"{item.bucket}/{item.object_key}#republish-{item.republish_count + 1}",
+            traceparent=traceparent,
+        )
+        return "republished"
 
-    return clients.call("postgres", apply)
+    return clients.postgres.transaction(apply)
 
 
 def reconcile(traceparent: str | None) -> ReconcileReport:
     cfg = camera_settings.reconcile()
 
-    def find() -> list[records.ImageObject]:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            return records.stuck(
-                cur, cfg.pending_threshold_ms, cfg.processing_threshold_ms, cfg.batch
-            )
-
-    items = clients.call("postgres", find)
+    items = clients.postgres.transaction(
+        lambda cur: records.stuck(
+            cur, cfg.pending_threshold_ms, cfg.processing_threshold_ms, cfg.batch
+        )
+    )
     counts = {"republished": 0, "failed": 0, "skipped": 0, "error": 0}
     last_error: DependencyUnavailable | None = None
     for item in items:

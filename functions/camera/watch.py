@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import TYPE_CHECKING
 
 from functions.camera import messages, metrics, records
 from functions.events import SAFE_SEGMENT, S3ObjectCreated
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
 from functions.runtime.errors import InvalidData
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor as Cursor
 
 log = logging.getLogger("objectflow.camera.watch")
 
@@ -58,34 +62,29 @@ def watch(obj: S3ObjectCreated, traceparent: str | None) -> bool:
     )
     object_version = version(obj)
 
-    def record() -> records.ImageObject:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            return records.record(cur, seen)[0]
-
-    def announce(item: records.ImageObject) -> bool:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            # Claimed in this transaction: a concurrent duplicate waits on the row until the
-            # confirm has come and the claim is committed (or rolled back if it did not).
-            cur.execute(
-                """INSERT INTO thermo.watch_publications
-                       (bucket, object_key, version, image_object_id, routing_key)
-                   VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1""",
-                (obj.bucket, obj.key, object_version, item.id, stage.routing_key),
-            )
-            if cur.fetchone() is None:
-                return False
-            messages.publish(
-                item,
-                stage.routing_key,
-                obj.event_time,
-                dedupe_key=f"{obj.bucket}/{obj.key}#{object_version}",
-                traceparent=traceparent,
-            )
-            return True
+    def announce(cur: Cursor, item: records.ImageObject) -> bool:
+        # Claimed in this transaction: a concurrent duplicate waits on the row until the
+        # confirm has come and the claim is committed (or rolled back if it did not).
+        cur.execute(
+            """INSERT INTO thermo.watch_publications
+                   (bucket, object_key, version, image_object_id, routing_key)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1""",
+            (obj.bucket, obj.key, object_version, item.id, stage.routing_key),
+        )
+        if cur.fetchone() is None:
+            return False
+        messages.publish(
+            item,
+            stage.routing_key,
+            obj.event_time,
+            dedupe_key=f"{obj.bucket}/{obj.key}#{object_version}",
+            traceparent=traceparent,
+        )
+        return True
 
     # The row is committed first: it records the object even while RabbitMQ is down.
-    item = clients.call("postgres", record)
-    published = clients.call("postgres", lambda: announce(item))
+    item = clients.postgres.transaction(lambda cur: records.record(cur, seen)[0])
+    published = clients.postgres.transaction(lambda cur: announce(cur, item))
     metrics.WATCHED.labels("published" if published else "duplicate").inc()
     return published
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg2.extras import RealDictCursor
 
 from functions.runtime import clients
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import cursor as Cursor
 
 
 @dataclass(frozen=True)
@@ -34,50 +37,45 @@ def save(letter: DeadLetter) -> int:
     """Insert or refresh the row for this event and destination; return its id."""
     event = letter.event
 
-    def write() -> int:
-        with clients.postgres_connection() as conn, conn.cursor() as cur:
-            cur.execute(
-                """
-                INSERT INTO objectflow.dead_letters (
-                    event_id, event_source, event_type, event_subject, destination,
-                    trigger_name, status_code, response_body, attempts, cloudevent,
-                    first_attempt_at, last_attempt_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (event_source, event_id, destination) DO UPDATE SET
-                    status_code = EXCLUDED.status_code,
-                    response_body = EXCLUDED.response_body,
-                    attempts = dead_letters.attempts + EXCLUDED.attempts,
-                    last_attempt_at = EXCLUDED.last_attempt_at,
-                    dead_lettered_at = now(),
-                    dead_letter_count = dead_letters.dead_letter_count + 1,
-                    redriven_at = NULL,
-                    redrive_status = NULL
-                RETURNING id
-                """,
-                (
-                    event["id"], event["source"], event["type"], event.get("subject"),
-                    letter.destination, letter.trigger_name, letter.status_code,
-                    letter.response_body, letter.attempts, json.dumps(event),
-                    letter.first_attempt_at, letter.last_attempt_at,
-                ),
-            )  # fmt: skip
-            row = cur.fetchone()
-            assert row is not None
-            return int(row[0])
+    def write(cur: Cursor) -> int:
+        cur.execute(
+            """
+            INSERT INTO objectflow.dead_letters (
+                event_id, event_source, event_type, event_subject, destination,
+                trigger_name, status_code, response_body, attempts, cloudevent,
+                first_attempt_at, last_attempt_at)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (event_source, event_id, destination) DO UPDATE SET
+                status_code = EXCLUDED.status_code,
+                response_body = EXCLUDED.response_body,
+                attempts = dead_letters.attempts + EXCLUDED.attempts,
+                last_attempt_at = EXCLUDED.last_attempt_at,
+                dead_lettered_at = now(),
+                dead_letter_count = dead_letters.dead_letter_count + 1,
+                redriven_at = NULL,
+                redrive_status = NULL
+            RETURNING id
+            """,
+            (
+                event["id"], event["source"], event["type"], event.get("subject"),
+                letter.destination, letter.trigger_name, letter.status_code,
+                letter.response_body, letter.attempts, json.dumps(event),
+                letter.first_attempt_at, letter.last_attempt_at,
+            ),
+        )  # fmt: skip
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
 
-    return clients.call("postgres", write)
+    return clients.postgres.transaction(write)
 
 
 def _query(sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    def run() -> list[dict[str, Any]]:
-        with (
-            clients.postgres_connection() as conn,
-            conn.cursor(cursor_factory=RealDictCursor) as cur,
-        ):
-            cur.execute(sql, params)
-            return [dict(row) for row in cur.fetchall()] if cur.description else []
+    def run(cur: RealDictCursor) -> list[dict[str, Any]]:
+        cur.execute(sql, params)
+        return [dict(row) for row in cur.fetchall()] if cur.description else []
 
-    return clients.call("postgres", run)
+    return clients.postgres.transaction(run, cursor_factory=RealDictCursor)
 
 
 def pending(limit: int = 100) -> list[dict[str, Any]]:

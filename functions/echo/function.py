@@ -41,7 +41,7 @@ def record(store: redis.Redis, event_key: str, message: str) -> int:
 def echo(event: Event[EchoRequest]) -> Reply:
     """Record the request's message and reply with it."""
     event_key = f"{event.source}#{event.id}"
-    received = clients.call("redis", lambda: record(clients.redis(), event_key, event.data.message))
+    received = clients.redis.call(lambda r: record(r, event_key, event.data.message))
     return Reply(
         "objectflow.echo.replied.v1", EchoReply(message=event.data.message, received=received)
     )

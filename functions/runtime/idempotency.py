@@ -23,7 +23,7 @@ def key(function: str, source: str, event_id: str) -> str:
 
 def already_handled(function: str, source: str, event_id: str) -> bool:
     try:
-        return bool(clients.redis().exists(key(function, source, event_id)))
+        return bool(clients.redis.client().exists(key(function, source, event_id)))
     except Exception as exc:
         log.warning("idempotency pre-check skipped: redis unavailable", extra={"error": repr(exc)})
         return False
@@ -32,6 +32,6 @@ def already_handled(function: str, source: str, event_id: str) -> bool:
 def remember(function: str, source: str, event_id: str) -> None:
     try:
         ttl = settings.runtime().idempotency_ttl
-        clients.redis().set(key(function, source, event_id), 1, ex=ttl)
+        clients.redis.client().set(key(function, source, event_id), 1, ex=ttl)
     except Exception as exc:
         log.warning("idempotency mark skipped: redis unavailable", extra={"error": repr(exc)})

@@ -154,7 +154,7 @@ class Bridge:
     def connect(self) -> Any:
         """Connect with jittered exponential backoff until it works or the bridge stops."""
         connect = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type((OSError, clients.MqttUnavailable)),
+            retry=tenacity.retry_if_exception_type((OSError, clients.mqtt.MqttUnavailable)),
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=self.config.max_backoff),
             stop=tenacity.stop_when_event_set(self.stopping),
             sleep=sink.interruptible_sleep(self.stopping),
@@ -164,7 +164,7 @@ class Bridge:
             reraise=True,
         )
         client = connect(
-            clients.connect_mqtt,
+            clients.mqtt.connect,
             self.config.client_id,
             clean_start=False,
             manual_ack=True,
@@ -227,7 +227,7 @@ class Bridge:
     def run(self) -> None:
         try:
             self.client = self.connect()
-        except (OSError, clients.MqttUnavailable):
+        except (OSError, clients.mqtt.MqttUnavailable):
             if self.stopping.is_set():
                 return
             raise
@@ -265,7 +265,7 @@ def main() -> int:
     except SettingsError as exc:
         log.error("bad settings: %s", exc.detail, extra={"setting": exc.setting})
         return 2
-    except clients.MqttRejected as exc:
+    except clients.mqtt.MqttRejected as exc:
         log.error("MQTT broker rejected MQTT_USER/MQTT_PASSWORD: %s", exc)
         return 2
     return 0

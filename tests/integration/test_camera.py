@@ -296,9 +296,12 @@ def test_watch_rejects_a_key_without_device_uid(app: App, service_env: dict[str,
     response = post(app("watch"), s3_event(service_env, "thermo-raw", key))
     assert response.status_code == 422
     assert "no usable device uid" in response.get_json()["detail"]
-    with clients.postgres_connection() as conn, conn.cursor() as cur:
+
+    def count(cur: Any) -> Any:
         cur.execute("SELECT count(*) FROM thermo.image_objects WHERE object_key = %s", (key,))
-        assert cur.fetchone() == (0,)
+        return cur.fetchone()
+
+    assert clients.postgres.transaction(count) == (0,)
 
 
 # --- camera-reconcile ---------------------------------------------------------------------

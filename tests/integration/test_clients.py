@@ -18,7 +18,7 @@ def fresh(service_env: dict[str, str]) -> None:
     clients.reset()
 
 
-@pytest.mark.parametrize("dependency", sorted(clients.PROBES))
+@pytest.mark.parametrize("dependency", sorted(clients.BACKENDS))
 def test_every_dependency_answers(dependency: str) -> None:
     clients.probe(dependency)
 
@@ -37,7 +37,7 @@ def test_rabbitmq_publish_is_confirmed_and_routed() -> None:
         channel = connection.channel()
         queue = channel.queue_declare("", exclusive=True).method.queue
         channel.queue_bind(queue, cfg.exchange, routing_key="test.clients")
-        clients.rabbitmq().publish("test.clients", json.dumps({"n": 1}).encode(), message_id="m1")
+        clients.rabbitmq.publish("test.clients", json.dumps({"n": 1}).encode(), message_id="m1")
         _method, properties, body = channel.basic_get(queue, auto_ack=True)
         assert json.loads(body) == {"n": 1}
         assert properties.delivery_mode == 2 and properties.message_id == "m1"
@@ -47,7 +47,7 @@ def test_s3_client_error_is_not_retried_or_masked() -> None:
     from botocore.exceptions import ClientError
 
     with pytest.raises(ClientError):
-        clients.s3_call(
+        clients.s3.call(
             lambda s3: s3.head_object(Bucket="thermo-raw", Key=f"missing/{uuid.uuid4()}")
         )
 

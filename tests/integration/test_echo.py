@@ -44,7 +44,7 @@ def request(message: str = "hello", event_id: str | None = None) -> CloudEvent:
 
 
 def received() -> int:
-    return int(clients.redis().get(RECEIVED_KEY) or 0)
+    return int(clients.redis.client().get(RECEIVED_KEY) or 0)
 
 
 def post(client: FlaskClient, ce: CloudEvent, structured: bool = False):
@@ -60,7 +60,7 @@ def test_echo_records_and_replies(echo: FlaskClient, structured: bool) -> None:
     assert response.status_code == 200
     assert response.headers["ce-type"] == "objectflow.echo.replied.v1"
     assert response.get_json() == {"message": "hi there", "received": before + 1}
-    assert clients.redis().hget(MESSAGES_KEY, f"/tests/echo#{ce['id']}") == b"hi there"
+    assert clients.redis.client().hget(MESSAGES_KEY, f"/tests/echo#{ce['id']}") == b"hi there"
 
 
 def test_duplicate_event_has_one_effect(echo: FlaskClient) -> None:
@@ -71,7 +71,7 @@ def test_duplicate_event_has_one_effect(echo: FlaskClient) -> None:
     assert received() == before + 1
 
     # Even when the fast pre-check misses (key expired, Redis flushed), the domain write holds.
-    clients.redis().delete(idempotency.key("echo", ce["source"], ce["id"]))
+    clients.redis.client().delete(idempotency.key("echo", ce["source"], ce["id"]))
     assert post(echo, ce).status_code == 200
     assert received() == before + 1
 
@@ -99,7 +99,7 @@ def test_redis_outage_is_503_then_recovers(echo: FlaskClient) -> None:
     finally:
         start_stack()
     clients.reset()
-    assert wait_for(lambda: clients.redis().ping(), timeout=30, what="redis back")
+    assert wait_for(lambda: clients.redis.client().ping(), timeout=30, what="redis back")
     assert received() == before  # nothing was recorded while it was down
     response = post(echo, ce)  # the broker's retry of the same event
     assert response.status_code == 200

@@ -89,7 +89,7 @@ def bridge(
         assert process.stop() == 0, "the bridge should exit cleanly on SIGTERM"
     # Drop the persistent session this test left in Mosquitto.
     settings.reset()
-    clients.connect_mqtt(client_id, clean_start=True).disconnect()
+    clients.mqtt.connect(client_id, clean_start=True).disconnect()
 
 
 class Publisher:
@@ -98,7 +98,7 @@ class Publisher:
     def __init__(self, prefix: str) -> None:
         settings.reset()
         self.prefix = prefix
-        self.mqtt = clients.MqttPublisher(clients.connect_mqtt())
+        self.mqtt = clients.mqtt.Publisher(clients.mqtt.connect())
 
     def __call__(self, device: str, seq: int) -> None:
         payload = json.dumps({"device": device, "seq": seq, "run": self.prefix}).encode()

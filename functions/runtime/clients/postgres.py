@@ -1,0 +1,97 @@
+"""PostgreSQL (psycopg2): one pool per process, each unit of work one transaction."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from functions.runtime import settings
+from functions.runtime.clients import core
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as Connection
+    from psycopg2.extensions import cursor as Cursor
+    from psycopg2.pool import ThreadedConnectionPool
+
+T = TypeVar("T")
+C = TypeVar("C", bound="Cursor")
+
+
+def _transient() -> tuple[type[BaseException], ...]:
+    import psycopg2
+
+    return (psycopg2.OperationalError, psycopg2.InterfaceError)
+
+
+def _rejected(exc: BaseException) -> str | None:
+    text = str(exc)
+    if "password authentication failed" in text or ("role" in text and "does not exist" in text):
+        return settings.postgres().credential_settings
+    if "database" in text and "does not exist" in text:
+        return "DB_NAME"
+    return None
+
+
+@functools.cache
+def _pool() -> ThreadedConnectionPool:
+    from psycopg2.pool import ThreadedConnectionPool
+
+    cfg = settings.postgres()
+    # minconn=0: creating the pool never connects, so an outage surfaces on first use.
+    return ThreadedConnectionPool(0, cfg.pool_max, dsn=cfg.dsn, connect_timeout=3)
+
+
+@contextlib.contextmanager
+def _connection() -> Iterator[Connection]:
+    """A pooled connection as one transaction: commit on success, roll back on error.
+
+    A connection that broke (server restarted) is closed instead of returned to the pool.
+    """
+    import psycopg2
+
+    pool = _pool()
+    conn = pool.getconn()
+    broken = False
+    try:
+        yield conn
+        conn.commit()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        broken = True
+        raise
+    except BaseException:
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
+        raise
+    finally:
+        pool.putconn(conn, close=broken or bool(conn.closed))
+
+
+@overload
+def transaction(fn: Callable[[Cursor], T]) -> T: ...
+@overload
+def transaction(fn: Callable[[C], T], *, cursor_factory: type[C]) -> T: ...
+def transaction(fn: Callable[[Any], T], *, cursor_factory: type[Cursor] | None = None) -> T:
+    """`fn(cursor)` in one transaction on a pooled connection, within the retry budget.
+
+    Commits when `fn` returns, rolls back when it raises, so whatever `fn` does besides SQL
+    (a publish awaiting its confirm) happens before the commit and a failure undoes the rows.
+    A transient failure retries the whole transaction on a fresh connection.
+    """
+
+    def attempt() -> T:
+        with _connection() as conn, conn.cursor(cursor_factory=cursor_factory) as cur:
+            return fn(cur)
+
+    return core.within_budget(BACKEND, attempt)
+
+
+def _probe() -> None:
+    with _connection() as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1")
+
+
+BACKEND = core.Backend(
+    "postgres", _transient, _probe, rejected=_rejected, caches=(_pool.cache_clear,)
+)
