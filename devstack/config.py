@@ -11,7 +11,11 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from devstack.wiring import Infrastructure
 
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,29 +94,9 @@ class Stack:
     admin_password: str = "admin1234"
     rabbitmq_vhost: str = "/thermo"
     rabbitmq_exchange: str = "thermo_exchange"
-    buckets: dict[str, str] = field(
-        default_factory=lambda: {
-            "MINIO_RAW_BUCKET": "thermo-raw",
-            "MINIO_PROCESSED_BUCKET": "thermo-processed",
-            "MINIO_PRODUCT_BUCKET": "product-images",
-            "MINIO_DETECTIONS_BUCKET": "detections",
-            "MINIO_FIRMWARE_BUCKET": "firmware",
-        }
-    )
-    topics: dict[str, int] = field(  # name -> partitions
-        default_factory=lambda: {
-            "job.events": 3,
-            "device.commands": 3,
-            "device.status": 6,
-            "device.telemetry": 3,
-            "job.dlq": 1,
-            "device.status.dlq": 1,
-            "product.created": 1,
-            "product.deleted": 1,
-        }
-    )
+    # Buckets, topics and collections are not here: the domains of values.yaml declare them
+    # (wiring.Values.infrastructure), and provisioning creates exactly those.
     mongo_db: str = "runner_db"
-    mongo_collections: tuple[str, ...] = ("runner_predictions",)
 
     def url(self, service: str) -> str:
         port = self.ports[service]
@@ -138,7 +122,7 @@ class Stack:
         from devstack import wiring
 
         paths = paths or PATHS
-        port = wiring.default().local.minio_webhook_port
+        port = wiring.default().ports()["minio-webhook"]  # platform.minio-webhook's local port
         target = MINIO_WEBHOOK_TARGET
         return {
             "MINIO_ROOT_USER": self.admin_user,
@@ -149,9 +133,15 @@ class Stack:
             f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{target}": str(paths.data("minio") / "notify-queue"),
         }
 
-    def env(self, paths: Paths | None = None) -> dict[str, str]:
-        """The settings functions and tests read, under the env names of DESIGN.md section 6."""
+    def env(
+        self, paths: Paths | None = None, infrastructure: Infrastructure | None = None
+    ) -> dict[str, str]:
+        """The settings functions and tests read, under the env names of DESIGN.md section 6;
+        bucket names are the domains' (values.yaml `domains`)."""
+        from devstack import wiring
+
         paths = paths or PATHS
+        infrastructure = infrastructure or wiring.default().infrastructure()
         return {
             "DB_HOST": HOST,
             "DB_PORT": str(self.ports["postgres"]),
@@ -167,7 +157,7 @@ class Stack:
             "MINIO_ROOT_USER": self.admin_user,
             "MINIO_ROOT_PASSWORD": self.admin_password,
             "MINIO_WEBHOOK_TOKEN": paths.secret("minio-webhook-token"),
-            **self.buckets,
+            **infrastructure.buckets,
             "RABBITMQ_HOST": HOST,
             "RABBITMQ_PORT": str(self.ports["rabbitmq"]),
             "RABBITMQ_USER": self.admin_user,
@@ -196,9 +186,10 @@ class Stack:
             }
         }
 
-    def write_files(self, paths: Paths) -> None:
+    def write_files(self, paths: Paths, infrastructure: Infrastructure | None = None) -> None:
         paths.state.mkdir(parents=True, exist_ok=True)
-        paths.env_file.write_text("".join(f"{k}={v}\n" for k, v in self.env(paths).items()))
+        env = self.env(paths, infrastructure)
+        paths.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         paths.endpoints_file.write_text(json.dumps(self.endpoints(paths), indent=2) + "\n")
 
 

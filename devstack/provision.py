@@ -1,5 +1,8 @@
 """Create what the functions expect inside each service: databases, topics, buckets, collections.
 
+Topics, buckets and collections are exactly what values.yaml's `domains` declare (plus the topics
+its Kafka sources read): `wiring.Values.infrastructure()`.
+
 Every step is idempotent (create if missing) and retried for a while, because a port that accepts
 connections does not mean the service is ready (Kafka elects its controller, MinIO initialises).
 Client libraries are imported inside the functions so the CLI starts fast.
@@ -13,6 +16,7 @@ from typing import Any
 from tenacity import retry, stop_after_delay, wait_fixed
 
 from devstack.config import HOST, MINIO_WEBHOOK_ARN, Stack
+from devstack.wiring import Infrastructure
 
 retried = retry(stop=stop_after_delay(60), wait=wait_fixed(0.5), reraise=True)
 
@@ -41,11 +45,13 @@ def postgres(stack: Stack, sockets: Path) -> None:
 
 
 @retried
-def kafka(stack: Stack, topics: dict[str, int] | None = None) -> None:
-    """Create the stack's topics (or `topics`: name -> partitions) that do not exist yet."""
+def kafka(stack: Stack, topics: dict[str, int]) -> None:
+    """Create the `topics` (name -> partitions) that do not exist yet."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    wanted = stack.topics if topics is None else topics
+    if not topics:
+        return
+    wanted = topics
     admin = KafkaAdminClient(bootstrap_servers=stack.url("kafka"), client_id="objectflow-devstack")
     try:
         existing = set(admin.list_topics())
@@ -61,7 +67,7 @@ def kafka(stack: Stack, topics: dict[str, int] | None = None) -> None:
 
 
 @retried
-def minio(stack: Stack) -> None:
+def minio(stack: Stack, infrastructure: Infrastructure) -> None:
     import boto3
 
     s3 = boto3.client(
@@ -73,7 +79,7 @@ def minio(stack: Stack) -> None:
     )
     notify = minio_notifications()
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
-    wanted = set(stack.buckets.values()) | set(notify)
+    wanted = set(infrastructure.bucket_names) | set(notify)
     for bucket in wanted - existing:
         s3.create_bucket(Bucket=bucket)
     # The whole configuration is replaced, so a bucket dropped from values.yaml stops notifying.
@@ -94,7 +100,7 @@ def minio_notifications() -> dict[str, list[str]]:
 
 
 @retried
-def ferretdb(stack: Stack) -> None:
+def ferretdb(stack: Stack, collections: tuple[str, ...]) -> None:
     from pymongo import MongoClient
 
     client: MongoClient[dict[str, Any]] = MongoClient(
@@ -102,5 +108,5 @@ def ferretdb(stack: Stack) -> None:
     )
     with client:
         db = client[stack.mongo_db]
-        for name in set(stack.mongo_collections) - set(db.list_collection_names()):
+        for name in set(collections) - set(db.list_collection_names()):
             db.create_collection(name)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack import provision
+from devstack import provision, wiring
 from devstack.config import HOST, PATHS, STACK, Paths, Stack
 from devstack.install import (
     APT,
@@ -226,7 +226,7 @@ def mosquitto(stack: Stack, paths: Paths) -> ServiceSpec:
     )
 
 
-def kafka(stack: Stack, paths: Paths) -> ServiceSpec:
+def kafka(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> ServiceSpec:
     home = paths.data("kafka")
     config, log4j, cluster_id = (
         home / "server.properties",
@@ -284,12 +284,12 @@ def kafka(stack: Stack, paths: Paths) -> ServiceSpec:
         needs=(APT["java"], APT["maven"], KAFKA),
         start_timeout=90,
         prepare=prepare,
-        provision=lambda: provision.kafka(stack),
-        provision_inputs=stack.topics,
+        provision=lambda: provision.kafka(stack, infrastructure.topics),
+        provision_inputs=infrastructure.topics,
     )
 
 
-def minio(stack: Stack, paths: Paths) -> ServiceSpec:
+def minio(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> ServiceSpec:
     home = paths.data("minio")
     command = [
         str(MINIO.path), "server", "--address", f"{HOST}:{stack.ports['minio']}",
@@ -302,12 +302,12 @@ def minio(stack: Stack, paths: Paths) -> ServiceSpec:
         command=command,
         needs=(MINIO,),
         env=stack.minio_env(paths),
-        provision=lambda: provision.minio(stack),
-        provision_inputs=[sorted(stack.buckets.values()), provision.minio_notifications()],
+        provision=lambda: provision.minio(stack, infrastructure),
+        provision_inputs=[infrastructure.bucket_names, provision.minio_notifications()],
     )
 
 
-def ferretdb(stack: Stack, paths: Paths) -> ServiceSpec:
+def ferretdb(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> ServiceSpec:
     home = paths.data("ferretdb")
     command = [
         str(FERRETDB.path), f"--listen-addr={HOST}:{stack.ports['ferretdb']}",
@@ -320,11 +320,19 @@ def ferretdb(stack: Stack, paths: Paths) -> ServiceSpec:
         command=command,
         needs=(FERRETDB,),
         prepare=lambda: (home / "data").mkdir(parents=True, exist_ok=True),
-        provision=lambda: provision.ferretdb(stack),
-        provision_inputs=[stack.mongo_db, *stack.mongo_collections],
+        provision=lambda: provision.ferretdb(stack, infrastructure.collections),
+        provision_inputs=[stack.mongo_db, *infrastructure.collections],
     )
 
 
-def specs(stack: Stack = STACK, paths: Paths = PATHS) -> dict[str, ServiceSpec]:
-    builders = (postgres, redis, rabbitmq, mosquitto, kafka, minio, ferretdb)
-    return {spec.name: spec for spec in (build(stack, paths) for build in builders)}
+def specs(
+    stack: Stack = STACK,
+    paths: Paths = PATHS,
+    infrastructure: wiring.Infrastructure | None = None,
+) -> dict[str, ServiceSpec]:
+    """The services; Kafka, MinIO and FerretDB provision `infrastructure` (default: what the
+    domains of values.yaml declare)."""
+    infrastructure = infrastructure or wiring.default().infrastructure()
+    found = [build(stack, paths) for build in (postgres, redis, rabbitmq, mosquitto)]
+    found += [build(stack, paths, infrastructure) for build in (kafka, minio, ferretdb)]
+    return {spec.name: spec for spec in found}

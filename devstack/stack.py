@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from devstack import install, process, provision, wiring
+from devstack import install, process, wiring
 from devstack.config import PATHS, STACK
 from devstack.errors import DevstackError
 from devstack.services import ServiceSpec, specs
@@ -121,10 +121,6 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
 
     spec = supervisor.spec(overlays)
     values = wiring.load(*overlays)
-    declared = {t: 3 for source in values.sources.kafka.values() for t in source.topics}
-    if declared:
-        step("creating the topics Kafka sources read")
-        provision.kafka(STACK, declared)
     recorded = PATHS.pid(spec.name).with_suffix(".fingerprint")
     wanted = runtime_fingerprint(spec, values)
     if process.our_pid(spec) is not None and (
@@ -175,8 +171,10 @@ def runtime_fingerprint(spec: ServiceSpec, values: wiring.Values) -> str:
 def up(console: Console, overlays: Sequence[Path] = (), runtime: bool = True) -> float:
     """Install, start, provision, migrate, then start the runtime; return the seconds it took."""
     started = time.monotonic()
-    services = specs()
-    STACK.write_files(PATHS)
+    # Buckets, topics and collections: what the domains (and Kafka sources) of these values need.
+    infrastructure = wiring.load(*overlays).infrastructure()
+    services = specs(infrastructure=infrastructure)
+    STACK.write_files(PATHS, infrastructure)
     # Debian packages first and in one apt run; Go and Maven builds happen per service, so
     # services that need no build start meanwhile.
     apt, _ = install.missing([need for spec in services.values() for need in spec.needs])

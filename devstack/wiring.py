@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import functools
 import re
+import zlib
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from functions.sources.routes import VALUES_CONFIG, MqttBridge
 
@@ -23,6 +33,11 @@ VALUES = ROOT / "charts" / "objectflow" / "values.yaml"
 SCHEMA = ROOT / "charts" / "objectflow" / "values.schema.json"
 
 NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a Kubernetes object name (RFC 1123 label)
+ENTRYPOINT = r"^[\w./-]+\.py:[A-Za-z_]\w*$"  # path/to/file.py:attribute
+PING_TYPE = "dev.knative.sources.ping"
+# Derived local ports: function-port-base + crc32(name) % PORT_SPAN. 800 keeps them below MinIO's
+# 9000 when the base is the default 8101.
+PORT_SPAN = 800
 # Settings that hold credentials: they belong in the Secret, never in `config` (a ConfigMap).
 SECRET_SETTING = (
     r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|^DATABASE_URL$|^MONGODB_URI$"
@@ -135,13 +150,51 @@ class Filter(Model):
         return not self.not_.matches(attributes)
 
 
+def ping_source(namespace: str, schedule: str) -> str:
+    """The CloudEvent `source` of schedule (PingSource) `schedule` in `namespace`."""
+    return f"/apis/v1/namespaces/{namespace}/pingsources/{schedule}"
+
+
+PING_SOURCE = re.compile(r"^/apis/v1/namespaces/(?P<namespace>[^/]+)/pingsources/(?P<name>[^/]+)$")
+
+
 class Trigger(Model):
+    """A subscription: `filters`, or `schedule` (the ping events of one schedule) plus optional
+    `filters` that narrow it further."""
+
     name: str = Field(pattern=NAME)
-    filters: list[Filter] = Field(min_length=1)
+    schedule: str | None = Field(
+        default=None, description="A key of `schedules`: matches that schedule's ping events"
+    )
+    filters: list[Filter] = Field(default=[], min_length=1)
     delivery: DeliveryOverride = DeliveryOverride()
     ordered: bool = False  # one event at a time per `partitionkey` extension, else per `subject`
 
+    # values.schema.json: without `schedule`, `filters` is required.
+    model_config = VALUES_CONFIG | ConfigDict(
+        json_schema_extra={
+            "if": {"not": {"required": ["schedule"]}},
+            "then": {"required": ["filters"]},
+        }
+    )
+
+    @model_validator(mode="after")
+    def _filters_or_schedule(self) -> Trigger:
+        if not self.filters and self.schedule is None:
+            raise ValueError(f"trigger {self.name}: needs `filters` or `schedule`")
+        return self
+
+    def expanded(self, namespace: str) -> Trigger:
+        """This trigger with `schedule` spelt out as the filter it stands for (in `namespace`),
+        before any declared filters, as the chart renders it."""
+        if self.schedule is None:
+            return self
+        ping = Filter(exact={"type": PING_TYPE, "source": ping_source(namespace, self.schedule)})
+        return self.model_copy(update={"schedule": None, "filters": [ping, *self.filters]})
+
     def matches(self, attributes: dict[str, Any]) -> bool:
+        """Whether the (expanded) filters match; see `expanded` for schedule triggers."""
+        assert self.schedule is None, "match Trigger.expanded(namespace), not a schedule trigger"
         return all(f.matches(attributes) for f in self.filters)
 
 
@@ -172,14 +225,17 @@ class Resources(Model):
     limits: Quantities = {}
 
 
-class Function(Model):
-    entrypoint: str = Field(pattern=r"^[\w./-]+\.py:[A-Za-z_]\w*$")
+class Serve(Model):
+    """What the runtime serves: a functions-framework target and its local port."""
+
+    entrypoint: str = Field(pattern=ENTRYPOINT)
     kind: Literal["cloudevent", "http"] = "cloudevent"
-    triggers: list[Trigger] = []
-    env: dict[str, str] = {}
-    touches: list[str] = Field(default=[], description="State it reads or writes (for the docs)")
-    scaling: ScalingOverride = ScalingOverride()
-    resources: Resources | None = Field(default=None, description="Replaces the default")
+    local_port: int | None = Field(
+        default=None,
+        gt=0,
+        lt=65536,
+        description="Local runtime only; empty: local.function-port-base + crc32(name) % 800",
+    )
 
     @property
     def source(self) -> str:
@@ -188,6 +244,31 @@ class Function(Model):
     @property
     def target(self) -> str:
         return self.entrypoint.split(":")[1]
+
+
+class PlatformComponent(Serve):
+    """A component of objectflow itself (not a domain's function), served like a function."""
+
+    kind: Literal["cloudevent", "http"] = "http"
+
+
+class Platform(Model):
+    """The platform's own components; both engines run them from here."""
+
+    dead_letter: PlatformComponent | None = Field(
+        default=None, description="Every trigger's dead-letter sink (needed by `dead-letter: true`)"
+    )
+    minio_webhook: PlatformComponent | None = Field(
+        default=None, description="MinIO's webhook target; runs when sources.minio.buckets is set"
+    )
+
+
+class Function(Serve):
+    triggers: list[Trigger] = []
+    env: dict[str, str] = {}
+    touches: list[str] = Field(default=[], description="State it reads or writes (for the docs)")
+    scaling: ScalingOverride = ScalingOverride()
+    resources: Resources | None = Field(default=None, description="Replaces the default")
 
 
 class Schedule(Model):
@@ -216,8 +297,11 @@ class Schedule(Model):
         return value
 
 
+BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+
 class MinioBucket(Model):
-    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    bucket: str = Field(pattern=BUCKET)
     events: list[str] = ["s3:ObjectCreated:*"]
 
 
@@ -239,9 +323,50 @@ class Sources(Model):
 
 class Local(Model):
     broker_port: int = Field(default=8080, gt=0, lt=65536)
-    minio_webhook_port: int = Field(default=8090, gt=0, lt=65536)
-    dead_letter_port: int = Field(default=8091, gt=0, lt=65536)
-    function_port_base: int = Field(default=8101, gt=0, lt=65536)
+    function_port_base: int = Field(default=8101, gt=0, lt=65536 - PORT_SPAN)
+
+
+class Domain(Model):
+    """The infrastructure one domain's functions need; `make up` and the chart's dev-services
+    provision the union of every domain's, and nothing else."""
+
+    buckets: dict[str, str] = Field(default={}, description="env name -> MinIO bucket")
+    topics: dict[str, int] = Field(default={}, description="Kafka topic -> partitions")
+    collections: list[str] = Field(default=[], description="MongoDB collections (MONGODB_URI's db)")
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, value: dict[str, str]) -> dict[str, str]:
+        for env, bucket in value.items():
+            if not re.match(r"^[A-Z][A-Z0-9_]*$", env):
+                raise ValueError(f"bucket env names are UPPER_SNAKE_CASE: {env!r}")
+            if not re.match(BUCKET, bucket):
+                raise ValueError(f"not a valid bucket name: {bucket!r}")
+        return value
+
+    @field_validator("topics")
+    @classmethod
+    def _partitions(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = [topic for topic, partitions in value.items() if partitions < 1]
+        if bad:
+            raise ValueError(f"topics need at least one partition: {bad}")
+        return value
+
+
+KAFKA_SOURCE_PARTITIONS = 3  # a topic a Kafka source reads that no domain declares
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    """What the backing services must hold: the union of the domains' declarations."""
+
+    buckets: dict[str, str]  # env name -> bucket (functions read the env)
+    topics: dict[str, int]  # name -> partitions
+    collections: tuple[str, ...]
+
+    @property
+    def bucket_names(self) -> list[str]:
+        return sorted(set(self.buckets.values()))
 
 
 class Image(Model):
@@ -307,8 +432,15 @@ class DevServices(Model):
 
 
 class Values(Model):
-    namespace: str = Field(default="objectflow", pattern=NAME)
+    namespace: str = Field(
+        default="objectflow",
+        pattern=NAME,
+        description="Local runtime only: the namespace its stand-in event sources name; "
+        "the chart uses the release's namespace",
+    )
     delivery: Delivery = Delivery()
+    platform: Platform = Platform()
+    domains: dict[str, Domain] = {}
     functions: dict[str, Function] = {}
     schedules: dict[str, Schedule] = {}
     sources: Sources = Sources()
@@ -339,7 +471,7 @@ class Values(Model):
             raise ValueError(f"credentials belong in the Secret (`secrets`), not config: {secret}")
         return value
 
-    @field_validator("functions", "schedules")
+    @field_validator("functions", "schedules", "domains")
     @classmethod
     def _names(cls, value: dict[str, Any]) -> dict[str, Any]:
         bad = [name for name in value if not re.match(NAME, name)]
@@ -347,12 +479,126 @@ class Values(Model):
             raise ValueError(f"names must be kebab-case Kubernetes names: {bad}")
         return value
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Values:
+        for name, function in self.functions.items():
+            for trigger in function.triggers:
+                self._check_schedules(f"functions.{name}.triggers.{trigger.name}", trigger)
+                if self.delivery_for(trigger).dead_letter and self.platform.dead_letter is None:
+                    raise ValueError(
+                        f"functions.{name}.triggers.{trigger.name}: dead-letter is on but "
+                        "platform.dead-letter is not declared"
+                    )
+        if self.sources.minio.buckets and self.platform.minio_webhook is None:
+            raise ValueError("sources.minio.buckets needs platform.minio-webhook")
+        platform = set(self.platform_components())
+        clash = sorted(platform & set(self.functions))
+        if clash:
+            raise ValueError(f"functions may not take the platform's names: {clash}")
+        self.ports()  # raises on a collision
+        self.infrastructure()  # raises on conflicting declarations
+        return self
+
+    def _check_schedules(self, where: str, trigger: Trigger) -> None:
+        known = ", ".join(self.schedules) or "none"
+        if trigger.schedule is not None and trigger.schedule not in self.schedules:
+            raise ValueError(
+                f"{where}: schedule {trigger.schedule!r} is not a key of `schedules` "
+                f"(declared: {known})"
+            )
+        for source in _ping_sources(trigger.filters):
+            match = PING_SOURCE.match(source)
+            if (
+                match is None
+                or match["name"] not in self.schedules
+                or match["namespace"] != self.namespace
+            ):
+                raise ValueError(
+                    f"{where}: filters on {PING_TYPE} from {source!r}, which no schedule sends "
+                    f"(declared: {known}); write `schedule: <name>` instead"
+                )
+
     def delivery_for(self, trigger: Trigger) -> Delivery:
         override = trigger.delivery.model_dump(exclude_none=True)
         return self.delivery.model_copy(update=override)
 
+    def platform_components(self) -> dict[str, PlatformComponent]:
+        """The platform components both engines run (minio-webhook only with MinIO buckets)."""
+        found = {}
+        if self.platform.dead_letter is not None:
+            found["dead-letter"] = self.platform.dead_letter
+        if self.platform.minio_webhook is not None and self.sources.minio.buckets:
+            found["minio-webhook"] = self.platform.minio_webhook
+        return found
+
+    def served(self) -> dict[str, Serve]:
+        """Every functions-framework process of the diagram: functions, then the platform."""
+        return {**self.functions, **self.platform_components()}
+
+    def ports(self) -> dict[str, int]:
+        """Local port of every served component: its `local-port`, or one derived from its name
+        (stable: adding or reordering functions moves no other port)."""
+        ports: dict[str, int] = {}
+        taken = {self.local.broker_port: "local.broker-port"}
+        candidates = {**self.functions}
+        if self.platform.dead_letter is not None:
+            candidates["dead-letter"] = self.platform.dead_letter
+        if self.platform.minio_webhook is not None:
+            candidates["minio-webhook"] = self.platform.minio_webhook
+        for name, served in candidates.items():
+            derived = self.local.function_port_base + zlib.crc32(name.encode()) % PORT_SPAN
+            port = served.local_port or derived
+            if port in taken:
+                raise ValueError(
+                    f"local port {port} of {name} is also the port of {taken[port]}; "
+                    f"declare `local-port` on one of them"
+                )
+            taken[port] = name
+            ports[name] = port
+        return ports
+
     def function_ports(self) -> dict[str, int]:
-        return {name: self.local.function_port_base + i for i, name in enumerate(self.functions)}
+        ports = self.ports()
+        return {name: ports[name] for name in self.functions}
+
+    def routed_triggers(self, namespace: str | None = None) -> list[tuple[str, Trigger]]:
+        """(function, trigger) of every trigger, schedules expanded in `namespace`."""
+        where = namespace or self.namespace
+        return [
+            (name, trigger.expanded(where))
+            for name, function in self.functions.items()
+            for trigger in function.triggers
+        ]
+
+    def infrastructure(self) -> Infrastructure:
+        """The union of what the domains declare, plus the topics the Kafka sources read."""
+        buckets: dict[str, str] = {}
+        topics: dict[str, int] = {}
+        collections: list[str] = []
+        for domain_name, domain in self.domains.items():
+            for env, bucket in domain.buckets.items():
+                if buckets.setdefault(env, bucket) != bucket:
+                    raise ValueError(
+                        f"domains.{domain_name}.buckets.{env}: {bucket!r}, but another domain "
+                        f"set {buckets[env]!r}"
+                    )
+            for topic, partitions in domain.topics.items():
+                topics[topic] = max(partitions, topics.get(topic, 0))
+            collections += [c for c in domain.collections if c not in collections]
+        for source in self.sources.kafka.values():
+            for topic in source.topics:
+                topics.setdefault(topic, KAFKA_SOURCE_PARTITIONS)
+        return Infrastructure(buckets, topics, tuple(collections))
+
+
+def _ping_sources(filters: list[Filter]) -> list[str]:
+    """`source`s of exact filters on the ping type, at any depth."""
+    found = []
+    for f in filters:
+        if f.exact is not None and f.exact.get("type") == PING_TYPE and "source" in f.exact:
+            found.append(f.exact["source"])
+        found += _ping_sources([*(f.all or []), *(f.any or []), *([f.not_] if f.not_ else [])])
+    return found
 
 
 class WiringError(Exception):
@@ -384,7 +630,10 @@ def load(*overlays: Path, base: Path = VALUES) -> Values:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise WiringError(f"values: {where}: {first['msg']}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise WiringError(
+            f"values: {where}: {message}" if where else f"values: {message}"
+        ) from None
 
 
 @functools.cache
@@ -407,9 +656,12 @@ def catalog_markdown(values: Values) -> str:
     """The functions table of functions/README.md, derived from the diagram."""
 
     def filters(trigger: Trigger) -> str:
-        return " and ".join(
+        described = [
             json_filter(f.model_dump(by_alias=True, exclude_none=True)) for f in trigger.filters
-        )
+        ]
+        if trigger.schedule is not None:
+            described.insert(0, f"schedule `{trigger.schedule}`")
+        return " and ".join(described)
 
     lines = [
         CATALOG_START,

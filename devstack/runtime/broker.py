@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import random
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,12 +61,12 @@ class Route:
 
 
 def routes(values: wiring.Values) -> list[Route]:
-    """The routing table the local runtime derives from the diagram."""
+    """The routing table the local runtime derives from the diagram (schedule triggers spelt
+    out as their ping filter in values' `namespace`)."""
     ports = values.function_ports()
     return [
         Route(trigger, name, f"http://{HOST}:{ports[name]}/", values.delivery_for(trigger))
-        for name, function in values.functions.items()
-        for trigger in function.triggers
+        for name, trigger in values.routed_triggers()
     ]
 
 
@@ -123,9 +124,15 @@ class _Held:
 
 
 class Broker:
-    def __init__(self, table: Iterable[Route], dead_letter_url: str | None) -> None:
+    def __init__(
+        self,
+        table: Iterable[Route],
+        dead_letter_url: str | None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.table = list(table)
         self.dead_letter_url = dead_letter_url
+        self._sleep = sleep  # the waits between retries go through it (tests record them)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ordered = _SubjectLocks()
@@ -191,7 +198,8 @@ class Broker:
 
             result = await tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
-                wait=_backoff(route.delivery),
+                wait=Backoff(route.delivery),
+                sleep=self._sleep,
                 retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
                 retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             )(attempt)
@@ -301,14 +309,17 @@ def describe(route: Route) -> dict[str, Any]:
     }
 
 
-def _backoff(delivery: wiring.Delivery) -> tenacity.wait.wait_base:
-    """Knative's backoff (base delay, linear or exponential) plus up to half a base of jitter."""
-    base = delivery.backoff_seconds
-    if delivery.backoff_policy == "linear":
-        wait: tenacity.wait.wait_base = tenacity.wait_incrementing(start=base, increment=base)
-    else:
-        wait = tenacity.wait_exponential(multiplier=base, exp_base=2)
-    return wait + tenacity.wait_random(0, base / 2)
+class Backoff(tenacity.wait.wait_base):
+    """`Delivery.delay` (Knative's linear or exponential backoff) plus up to half a base delay
+    of jitter. Tenacity's attempt 1 is the first delivery, so the wait after it is retry 1's."""
+
+    def __init__(self, delivery: wiring.Delivery, rng: random.Random | None = None) -> None:
+        self.delivery = delivery
+        self.rng = rng or random.Random()
+
+    def __call__(self, retry_state: tenacity.RetryCallState) -> float:
+        jitter = self.rng.uniform(0, self.delivery.backoff_seconds / 2)
+        return self.delivery.delay(retry_state.attempt_number) + jitter
 
 
 def _reply(result: Attempt) -> CloudEvent | None:

@@ -50,33 +50,30 @@ class Component:
         return None if self.port is None else f"http://{HOST}:{self.port}/"
 
 
-def _serve(name: str, entrypoint: str, port: int, env: dict[str, str]) -> Component:
-    source, target = entrypoint.split(":")
+def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> Component:
+    """functions-framework serving `served`; `kind: http` ones are ASGI apps (--asgi)."""
     command = [
-        sys.executable, "-m", "functions_framework", "--source", str(ROOT / source),
-        "--target", target, "--host", HOST, "--port", str(port),
+        sys.executable, "-m", "functions_framework", "--source", str(ROOT / served.source),
+        "--target", served.target, "--host", HOST, "--port", str(port),
     ]  # fmt: skip
+    if served.kind == "http":
+        command.append("--asgi")
     return Component(name, command, {"K_SERVICE": name, **env}, port)
 
 
 def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Component]:
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
-    ports = values.function_ports()
+    ports = values.ports()
     found = [
-        _serve(name, function.entrypoint, ports[name], function.env)
+        _serve(name, function, ports[name], function.env)
         for name, function in values.functions.items()
     ]
-    local = values.local
-    found.append(
-        _serve("dead-letter", "functions/deadletter/function.py:dead_letter",
-               local.dead_letter_port, {})
-    )  # fmt: skip
-    if values.sources.minio.buckets:
-        found.append(
-            _serve("minio-webhook", "functions/sources/minio_webhook.py:minio_webhook",
-                   local.minio_webhook_port, sink)
-        )  # fmt: skip
+    # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.
+    found += [
+        _serve(name, component, ports[name], sink)
+        for name, component in values.platform_components().items()
+    ]
     bridge = values.sources.mqtt_bridge
     if bridge.routes:
         routes_json = json.dumps([r.model_dump(by_alias=True) for r in bridge.routes])
@@ -114,7 +111,7 @@ class Supervisor:
 
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
-        dead_letter = next(c.url for c in self.components if c.name == "dead-letter")
+        dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
         broker = Broker(routes(self.values), dead_letter)
         runner = await serve(broker, self.values.local.broker_port)
         self._say(

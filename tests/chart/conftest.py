@@ -60,23 +60,29 @@ Render = Callable[..., list[Manifest]]
 
 @pytest.fixture(scope="session")
 def render(helm: Path) -> Render:
-    """`helm template` of the chart into the values' namespace, as parsed manifests."""
-    cache: dict[tuple[tuple[Path, ...], tuple[str, ...]], list[Manifest]] = {}
+    """`helm template` of the chart into `namespace` (default: the values' one), parsed."""
+    cache: dict[tuple[tuple[Path, ...], tuple[str, ...], str | None], list[Manifest]] = {}
 
-    def rendered(overlays: tuple[Path, ...] = (), sets: tuple[str, ...] = ()) -> list[Manifest]:
-        if (overlays, sets) not in cache:
-            result = template(helm, overlays, sets)
+    def rendered(
+        overlays: tuple[Path, ...] = (), sets: tuple[str, ...] = (), namespace: str | None = None
+    ) -> list[Manifest]:
+        if (overlays, sets, namespace) not in cache:
+            result = template(helm, overlays, sets, namespace)
             assert result.returncode == 0, result.stderr
-            cache[overlays, sets] = [d for d in yaml.safe_load_all(result.stdout) if d]
-        return cache[overlays, sets]
+            cache[overlays, sets, namespace] = [d for d in yaml.safe_load_all(result.stdout) if d]
+        return cache[overlays, sets, namespace]
 
     return rendered
 
 
 def template(
-    helm: Path, overlays: tuple[Path, ...] = (), sets: tuple[str, ...] = ()
+    helm: Path,
+    overlays: tuple[Path, ...] = (),
+    sets: tuple[str, ...] = (),
+    namespace: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    namespace = yaml.safe_load(VALUES.read_text())["namespace"]
+    """`helm template` into `namespace` (default: values' `namespace`, the local runtime's)."""
+    namespace = namespace or yaml.safe_load(VALUES.read_text())["namespace"]
     args = value_args(overlays, sets)
     return run(helm, "template", kind.RELEASE, CHART, "--namespace", namespace, *args)
 

@@ -208,7 +208,45 @@ def test_a_seconds_cron_cannot_become_a_ping_source(helm: Path) -> None:
     assert "e2e-ticks" in result.stderr and "seconds field" in result.stderr
 
 
-def test_the_release_must_live_in_the_wiring_namespace(helm: Path) -> None:
-    result = run(helm, "template", "objectflow", CHART, "--namespace", "elsewhere")
+# What would betray a rendering that still uses values' namespace instead of the release's.
+LOCAL_NAMESPACE = re.compile(
+    r"namespaces/objectflow/|\.objectflow\.svc|cluster\.local/objectflow/|--namespace=objectflow"
+)
+
+
+@pytest.mark.parametrize("rendering", ["default", "dev+e2e", "production"])
+def test_the_release_installs_into_any_namespace(helm: Path, rendering: str) -> None:
+    overlays, sets = RENDERINGS[rendering]
+    result = template(helm, overlays, sets, namespace="staging")
+    assert result.returncode == 0, result.stderr
+    assert not LOCAL_NAMESPACE.findall(result.stdout)
+    manifests = [d for d in yaml.safe_load_all(result.stdout) if d]
+    for manifest in manifests:
+        assert manifest["metadata"]["namespace"] == "staging", manifest["metadata"]["name"]
+    for trigger in of_kind(manifests, "Trigger"):
+        for source in re.findall(r"/apis/v1/namespaces/([^/]+)/", json.dumps(trigger["spec"])):
+            assert source == "staging", trigger["metadata"]["name"]
+    for cron_job in of_kind(manifests, "CronJob"):
+        (container,) = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert "--namespace=staging" in container["args"]
+        sink = next(e["value"] for e in container["env"] if e["name"] == "K_SINK")
+        assert sink.endswith("/staging/default")
+
+
+def test_an_unknown_schedule_fails_the_render(helm: Path, tmp_path: Path) -> None:
+    overlay = tmp_path / "unknown-schedule.yaml"
+    trigger = {"name": "echo-tick", "schedule": "nowhere"}
+    overlay.write_text(yaml.safe_dump({"functions": {"echo": {"triggers": [trigger]}}}))
+    result = template(helm, (overlay,))
     assert result.returncode != 0
-    assert 'install into namespace "objectflow"' in result.stderr
+    assert 'schedule "nowhere" is not a key of `schedules`' in result.stderr
+
+
+def test_http_services_run_as_asgi_apps(render: Render) -> None:
+    values = wiring.default()
+    for service in of_kind(render(), "Service", "serving.knative.dev"):
+        name = service["metadata"]["name"]
+        (container,) = service["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        http = values.served()[name].kind == "http"
+        assert env.get("FUNCTION_USE_ASGI") == ("true" if http else None), name

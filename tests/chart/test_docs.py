@@ -85,11 +85,7 @@ def check_event_post(curl: list[str]) -> None:
     assert curl[2] == broker
     headers = dict(curl[i + 1].split(": ", 1) for i, word in enumerate(curl) if word == "-H")
     attributes = {k.removeprefix("ce-"): v for k, v in headers.items() if k.startswith("ce-")}
-    assert any(
-        trigger.matches(attributes)
-        for function in values.functions.values()
-        for trigger in function.triggers
-    ), attributes
+    assert any(trigger.matches(attributes) for _, trigger in values.routed_triggers()), attributes
 
 
 def check_helm_install(helm: Path, args: list[str]) -> None:

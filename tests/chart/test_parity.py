@@ -27,17 +27,27 @@ CASES: dict[str, tuple[Path | dict[str, Any], ...]] = {
     "default": (),
     "pingsource": (PINGSOURCE,),
     # The e2e subscribers cover every filter dialect, ordered triggers, delivery overrides, a
-    # Kafka source and a seconds cron; the dev values give them in-cluster services.
+    # Kafka source, schedule triggers and a seconds cron; the dev values give them in-cluster
+    # services.
     "dev+e2e": (DEV, E2E),
+    # The chart in another namespace (helm -n staging), compared with the local runtime after
+    # substituting values' namespace for the release's: the same sources, filters and sinks.
+    "dev+e2e@staging": (DEV, E2E),
 }
+NAMESPACES = {"dev+e2e@staging": "staging"}  # the release's namespace; else values' one
 
 
 class Both:
     """One value set as each engine sees it."""
 
-    def __init__(self, render: Render, overlays: tuple[Path, ...]) -> None:
-        self.manifests = render(overlays)
+    def __init__(
+        self, render: Render, overlays: tuple[Path, ...], namespace: str | None = None
+    ) -> None:
         self.values = wiring.load(*overlays)
+        self.manifests = render(overlays, namespace=namespace)
+        if namespace is not None:  # the release's namespace, read as values' one
+            text = json.dumps(self.manifests)  # (test_chart: no values' namespace is left)
+            self.manifests = json.loads(text.replace(namespace, self.values.namespace))
         self.routes = routes(self.values)
         self.components = {c.name: c for c in components(self.values, overlays)}
 
@@ -68,7 +78,7 @@ def cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ...
 def both(
     render: Render, cases: dict[str, tuple[Path, ...]], request: pytest.FixtureRequest
 ) -> Both:
-    return Both(render, cases[request.param])
+    return Both(render, cases[request.param], NAMESPACES.get(request.param))
 
 
 def env(container: dict[str, Any]) -> dict[str, str]:
@@ -89,9 +99,21 @@ def test_the_same_functions_run_with_the_same_entrypoints(both: Both) -> None:
         (container,) = service["spec"]["template"]["spec"]["containers"]
         deployed[name] = "{FUNCTION_SOURCE}:{FUNCTION_TARGET}".format(**env(container))
     assert deployed == served
-    declared = {name: fn.entrypoint for name, fn in both.values.functions.items()}
-    assert {k: v for k, v in deployed.items() if k in declared} == declared
-    assert set(deployed) - set(declared) <= {"dead-letter", "minio-webhook"}
+    declared = {name: fn.entrypoint for name, fn in both.values.served().items()}
+    assert deployed == declared
+    platform = both.values.platform
+    assert platform.dead_letter is not None and platform.minio_webhook is not None
+    assert deployed["dead-letter"] == platform.dead_letter.entrypoint
+    if both.values.sources.minio.buckets:
+        assert deployed["minio-webhook"] == platform.minio_webhook.entrypoint
+
+
+def test_http_components_run_as_asgi_apps_in_both(both: Both) -> None:
+    for name, service in both.services.items():
+        (container,) = service["spec"]["template"]["spec"]["containers"]
+        asgi = env(container).get("FUNCTION_USE_ASGI") == "true"
+        assert asgi == ("--asgi" in both.components[name].command), name
+        assert asgi == (both.values.served()[name].kind == "http"), name
 
 
 def test_http_functions_are_public_and_the_rest_cluster_local(both: Both) -> None:

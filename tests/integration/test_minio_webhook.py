@@ -35,7 +35,7 @@ def port() -> Iterator[int]:
     was_running = process.our_pid(runtime) is not None
     if was_running:
         process.stop(runtime)
-    yield wiring.default().local.minio_webhook_port
+    yield wiring.default().ports()["minio-webhook"]
     if was_running:
         start_stack()
 

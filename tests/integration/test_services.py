@@ -15,18 +15,12 @@ from kafka import KafkaConsumer
 from paho.mqtt.reasoncodes import ReasonCode
 from pymongo import MongoClient
 
+from devstack import wiring
 from tests.support import s3_client
 
-TOPICS = {
-    "job.events": 3,
-    "device.commands": 3,
-    "device.status": 6,
-    "device.telemetry": 3,
-    "job.dlq": 1,
-    "device.status.dlq": 1,
-    "product.created": 1,
-    "product.deleted": 1,
-}
+# What `make test` provisions: the domains' infrastructure under the e2e values (`up --values`).
+INFRASTRUCTURE = wiring.load(wiring.ROOT / "tests" / "e2e" / "values-e2e.yaml").infrastructure()
+TOPICS = INFRASTRUCTURE.topics
 
 
 def test_postgres_answers_and_has_the_thermo_schema(stack_env: dict[str, str]) -> None:
@@ -120,7 +114,7 @@ def test_minio_lists_the_buckets(stack_env: dict[str, str]) -> None:
     s3 = s3_client(stack_env)
     names = {bucket["Name"] for bucket in s3.list_buckets()["Buckets"]}
     expected = {value for key, value in stack_env.items() if key.endswith("_BUCKET")}
-    assert len(expected) == 5
+    assert expected == set(INFRASTRUCTURE.bucket_names)
     assert expected <= names
 
 

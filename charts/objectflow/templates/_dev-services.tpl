@@ -18,7 +18,7 @@ apiVersion: v1
 kind: Service
 metadata:
   name: {{ $host }}
-  namespace: {{ $root.Values.namespace }}
+  namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "objectflow.labels" $labels | nindent 4 }}
 spec:
@@ -34,7 +34,7 @@ apiVersion: apps/v1
 kind: StatefulSet
 metadata:
   name: {{ $host }}
-  namespace: {{ $root.Values.namespace }}
+  namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "objectflow.labels" $labels | nindent 4 }}
 spec:
@@ -223,7 +223,7 @@ container:
     - name: MINIO_NOTIFY_WEBHOOK_ENABLE_OBJECTFLOW
       value: "on"
     - name: MINIO_NOTIFY_WEBHOOK_ENDPOINT_OBJECTFLOW
-      value: http://minio-webhook.{{ .Values.namespace }}.svc.cluster.local/
+      value: http://minio-webhook.{{ .Release.Namespace }}.svc.cluster.local/
     {{- include "objectflow.secretEnv" (list . "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_OBJECTFLOW" "MINIO_WEBHOOK_TOKEN") | nindent 4 }}
     - name: MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_OBJECTFLOW
       value: /data/.notify-queue

@@ -59,7 +59,8 @@ app.kubernetes.io/component: {{ .component }}
 {{ include "objectflow.fullname" $root }}-{{ index . 1 }}
 {{- end }}
 
-{{/* The plain settings of every workload: dev-service endpoints, then `config` over them. */}}
+{{/* The plain settings of every workload: dev-service endpoints and the domains' bucket env
+names, then `config` over them. */}}
 {{- define "objectflow.config" -}}
 {{- $config := dict -}}
 {{- if include "objectflow.devServices" . -}}
@@ -73,12 +74,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- $_ := set $config "MQTT_BROKER_URL" (printf "mqtt://%s:1883" (include "objectflow.devHost" (list . "mosquitto"))) -}}
 {{- $_ := set $config "KAFKA_BOOTSTRAP_SERVERS" (include "objectflow.kafkaBootstrap" .) -}}
 {{- end -}}
+{{- range $domain := .Values.domains | default dict -}}
+{{- range $env, $bucket := ($domain | default dict).buckets | default dict -}}
+{{- $_ := set $config $env $bucket -}}
+{{- end -}}
+{{- end -}}
 {{- toYaml (merge (deepCopy .Values.config) $config) -}}
 {{- end }}
 
 {{/* Fully qualified: KafkaSource dispatchers run in knative-eventing, not in our namespace. */}}
 {{- define "objectflow.kafkaBootstrap" -}}
-{{ include "objectflow.devHost" (list . "kafka") }}.{{ .Values.namespace }}.svc.cluster.local:9092
+{{ include "objectflow.devHost" (list . "kafka") }}.{{ .Release.Namespace }}.svc.cluster.local:9092
 {{- end }}
 
 {{/* defaults with the keys an override sets (null: keep the default), as YAML. `merge`
@@ -94,7 +100,7 @@ would ignore overrides to 0 or false. (list $defaults $override) */}}
 {{/* The broker's ingress (its status.address), where sources and CronJobs post events. */}}
 {{- define "objectflow.brokerURL" -}}
 {{- $ingress := eq .Values.broker.class "Kafka" | ternary "kafka-broker-ingress" "broker-ingress" -}}
-http://{{ $ingress }}.knative-eventing.svc.cluster.local/{{ .Values.namespace }}/{{ .Values.broker.name }}
+http://{{ $ingress }}.knative-eventing.svc.cluster.local/{{ .Release.Namespace }}/{{ .Values.broker.name }}
 {{- end }}
 
 {{/* S3 event names of a sources.minio bucket as `mc event add --event` takes them. */}}
@@ -162,8 +168,9 @@ envFrom:
 
 {{/*
 A Knative Service running one function of the image:
-(dict "root" $ "name" ... "entrypoint" "path.py:target" "public" bool "component" ...
-      "scaling" override "resources" override "env" map)
+(dict "root" $ "name" ... "entrypoint" "path.py:target" "kind" "cloudevent|http" "public" bool
+      "component" ... "scaling" override "resources" override "env" map)
+`kind: http` targets are ASGI apps: FUNCTION_USE_ASGI is functions-framework's --asgi.
 */}}
 {{- define "objectflow.knativeService" -}}
 {{- $root := .root -}}
@@ -175,7 +182,7 @@ apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
   name: {{ .name }}
-  namespace: {{ $root.Values.namespace }}
+  namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "objectflow.labels" (dict "root" $root "component" .component) | nindent 4 }}
     {{- if not .public }}
@@ -219,6 +226,10 @@ spec:
               value: {{ index $entry 0 | quote }}
             - name: FUNCTION_TARGET
               value: {{ index $entry 1 | quote }}
+            {{- if eq (.kind | default "cloudevent") "http" }}
+            - name: FUNCTION_USE_ASGI
+              value: "true"
+            {{- end }}
             {{- if index $root.Values "live-update" }}
             - name: DEBUG  # functions-framework's reloading development server
               value: "true"
