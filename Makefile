@@ -1,4 +1,4 @@
-# Every target is a thin wrapper over the `objectflow` CLI (uv run objectflow --help).
+# Every target is a thin wrapper over the `objectflow` CLI (.venv/bin/objectflow --help).
 SHELL := /bin/bash
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null)
@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench check dlq kind-up kind-down
+.PHONY: help bootstrap up down status clean dev demo test lint format bench check dlq tick kind-up kind-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,10 +35,13 @@ check: bootstrap ## connect to every service with the current settings, one line
 dev: bootstrap ## start the services, run the runtime in the foreground (Ctrl-C stops it)
 	@$(RUN) objectflow dev
 
-dlq: bootstrap ## list dead-lettered events (more: uv run objectflow dlq --help)
+dlq: bootstrap ## list dead-lettered events (more: .venv/bin/objectflow dlq --help)
 	@$(RUN) objectflow dlq list
 
-demo: up ## bring the stack up and push events through the functions, printing each step
+tick: bootstrap ## fire one schedule's cron tick now: make tick SCHEDULE=camera-reconcile
+	@$(RUN) objectflow tick $(SCHEDULE)
+
+demo: up ## bring the stack up and run every domain's demo (devstack/<domain>/demo.py)
 	@$(RUN) objectflow demo
 
 kind-up: bootstrap ## local Knative cluster on kind + registry, chart installed with dev values (Docker)
@@ -56,7 +59,7 @@ format: bootstrap ## apply ruff formatting and safe fixes
 	@$(RUN) ruff format .
 	@$(RUN) ruff check --fix .
 
-bench: bootstrap ## benchmark the local runtime: broker hop latency, cold start, memory (bench/out/)
+bench: bootstrap ## run every benchmark in bench/<name>/ (bench/README.md; results in bench/out/)
 	@$(RUN) objectflow bench
 
 test: lint bootstrap ## lint, bring the stack up (with the e2e test subscribers), run every test tier

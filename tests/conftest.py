@@ -14,14 +14,48 @@ from devstack.config import PATHS, read_env_file
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = ROOT / ".devstack"
 TIERS = ("unit", "integration", "e2e", "chart")
+# Domains: the function packages (functions/<domain>/); everything else is "platform" (the
+# shared runtime, devstack, the chart). Test files named after no domain but testing one:
+DOMAIN_OF_FILE = {"kafka_source": "sources", "mqtt_bridge": "sources", "minio_webhook": "sources",
+                  "ping": "sources"}  # fmt: skip
+NOT_DOMAINS = {"runtime", "migrations"}
+
+
+def domains() -> set[str]:
+    packages = {p.parent.name for p in (ROOT / "functions").glob("*/__init__.py")}
+    return packages - NOT_DOMAINS
+
+
+def domain_of(parts: tuple[str, ...]) -> str:
+    """tests/<tier>/<domain>/... -> <domain>; tests/<tier>/test_<domain>[_...].py -> <domain>."""
+    if len(parts) > 2:
+        return parts[1]
+    name = Path(parts[-1]).stem.removeprefix("test_")
+    known = domains()
+    if name in known:
+        return name
+    if name in DOMAIN_OF_FILE:
+        return DOMAIN_OF_FILE[name]
+    return next((d for d in sorted(known) if name.startswith(f"{d}_")), "platform")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register every domain marker (pyproject lists today's; a new functions/<domain>/ or
+    tests/<tier>/<domain>/ folder needs no edit there)."""
+    registered = {line.split(":")[0] for line in config.getini("markers")}
+    folders = {p.name for tier in TIERS for p in (ROOT / "tests" / tier).glob("*/") if p.is_dir()}
+    for domain in sorted((domains() | folders | {"platform"}) - registered - {"__pycache__"}):
+        config.addinivalue_line("markers", f"{domain}: tests of the {domain} domain")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test with its tier, taken from its folder under tests/."""
+    """Mark every test with its tier (its folder under tests/) and its domain (a folder
+    tests/<tier>/<domain>/, else the file name test_<domain>.py, else platform)."""
     for item in items:
         parts = Path(str(item.fspath)).relative_to(ROOT / "tests").parts
         if parts and parts[0] in TIERS:
             item.add_marker(getattr(pytest.mark, parts[0]))
+            item.add_marker(getattr(pytest.mark, domain_of(parts)))
 
 
 @pytest.fixture(autouse=True)

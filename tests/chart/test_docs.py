@@ -53,8 +53,8 @@ def test_every_readme_command_is_checked(command: str, render: Render, helm: Pat
         (target,) = words[1:]
         action = target.removeprefix("kind-")
         assert f"objectflow kind {action}" in makefile_recipe(target)
-    elif words[:4] == ["uv", "run", "objectflow", "kind"]:
-        assert words[4:] in (["up", "--dry-run"], ["down", "--dry-run"])  # test_dev_loop runs it
+    elif words[:2] == [".venv/bin/objectflow", "kind"]:
+        assert words[2:] in (["up", "--dry-run"], ["down", "--dry-run"])  # test_dev_loop runs it
     elif command.startswith(f"{KUBECTL} get "):
         kinds = {m["kind"] for m in render((DEV, E2E))}  # kinds the chart renders
         for resource in words[-1].split(","):
