@@ -31,8 +31,8 @@ class Bench:
 
     def run(self, console: Any, *, seconds: float, warmup: float, **settings: Any) -> bool:
         module = importlib.import_module(f"bench.{self.name}.bench")
-        options = {key: default for key, (default, _help) in self.options.items()}
-        return bool(module.run(console, seconds=seconds, warmup=warmup, **options, **settings))
+        options = {key: default for key, (default, _help) in self.options.items()} | settings
+        return bool(module.run(console, seconds=seconds, warmup=warmup, **options))
 
 
 def discover() -> list[Bench]:
