@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from functions.camera import capture
-from functions.events import CameraChunk
+from functions.camera.events import CameraChunk
 from functions.runtime import clients
 from functions.runtime.errors import ObjectflowError
 

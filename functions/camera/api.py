@@ -1,27 +1,20 @@
-"""camera-api — HTTP status of captures (source document 001's "status endpoint").
+"""camera-api — the HTTP status of captures (docs/camera.md).
 
-GET /health                -> {"status": "ok", "ts": "<ISO-8601>"}
 GET /captures/<image_id>   -> progress in Redis (received, total, missing indexes, status)
                               and the image_objects row once there is one; 404 if unknown
-GET /metrics               -> Prometheus
+GET /health, GET /metrics, GET /openapi.json: the frame's (functions.runtime.http)
 """
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
+from typing import Any, Literal
 
-import flask
-import functions_framework
+from pydantic import BaseModel, Field
 
 from functions.camera import capture, records
-from functions.events import SAFE_SEGMENT
-from functions.runtime import adapter, clients
-from functions.runtime import logging as objectflow_logging
-from functions.runtime.errors import ObjectflowError
-
-CAPTURE_PATH = re.compile(r"^/captures/(?P<image_id>[^/]+)/?$")
+from functions.camera.events import SAFE_SEGMENT
+from functions.runtime import BadRequest, NotFound, clients, http_function
 
 
 def status(image_id: str) -> dict[str, Any] | None:
@@ -60,27 +53,29 @@ def status(image_id: str) -> dict[str, Any] | None:
     return body
 
 
-@functions_framework.http
-def camera_api(request: flask.Request) -> flask.Response:
-    objectflow_logging.configure("camera-api")
-    if request.method != "GET":
-        return _json(405, {"error": "method-not-allowed", "detail": "only GET"})
-    match = CAPTURE_PATH.match(request.path)
-    if match is None:
-        return adapter.answer_get("camera-api", request.path)
-    image_id = match["image_id"]
-    if not re.match(SAFE_SEGMENT, image_id):
-        return _json(
-            400, {"error": "bad-request", "detail": "not an image id", "field": "image_id"}
-        )
-    try:
-        found = status(image_id)
-    except ObjectflowError as exc:
-        return _json(exc.status, exc.body())
+class CaptureStatus(BaseModel):
+    image_id: str
+    status: Literal["partial", "complete", "processed"]
+    camera_uid: str | None
+    received: int | None = Field(description="Chunks received so far")
+    total: int | None = Field(description="Chunks the capture has")
+    missing: list[int] = Field(description="Indexes not received yet")
+    object_key: str | None = Field(description="Its object in the raw bucket, once processed")
+    record: dict[str, Any] | None = Field(description="Its thermo.image_objects row")
+
+
+api = http_function("camera-api", summary="Progress and records of camera captures")
+
+
+@api.get("/captures/{image_id}", response_model=CaptureStatus)
+def capture_status(image_id: str) -> dict[str, Any]:
+    """Chunks received of total, and the database record once there is one."""
+    if not re.fullmatch(SAFE_SEGMENT, image_id):
+        raise BadRequest("not an image id", field="image_id")
+    found = status(image_id)
     if found is None:
-        return _json(404, {"error": "not-found", "detail": f"no capture {image_id}"})
-    return _json(200, found)
+        raise NotFound(f"no capture {image_id}", field="image_id")
+    return found
 
 
-def _json(code: int, body: dict[str, Any]) -> flask.Response:
-    return flask.Response(json.dumps(body), status=code, mimetype="application/json")
+camera_api = api.target

@@ -19,8 +19,8 @@ from redis.exceptions import LockError
 from functions.camera import metrics, records
 from functions.camera import settings as camera_settings
 from functions.camera.chunks import ChunkStore, Stored
-from functions.events import CameraChunk
-from functions.runtime import clients, settings
+from functions.camera.events import CameraChunk
+from functions.runtime import clients
 from functions.runtime.errors import InvalidData, PayloadTooLarge
 
 log = logging.getLogger("objectflow.camera")
@@ -131,7 +131,7 @@ def _publish_image(camera_uid: str, image_id: str, image: bytes) -> str:
     """Upload the image and record it; both are idempotent, so a retry repeats them safely."""
     key, content_type = object_key(camera_uid, image_id, image)
     checksum = hashlib.sha256(image).hexdigest()
-    bucket = settings.minio().raw_bucket
+    bucket = camera_settings.buckets().raw_bucket
     answer = clients.s3.call(
         lambda s3: s3.put_object(
             Bucket=bucket,

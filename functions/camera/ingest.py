@@ -10,7 +10,7 @@ nothing; an outage answers 503 and the broker redelivers.
 from __future__ import annotations
 
 from functions.camera import capture
-from functions.events import CameraChunk
+from functions.camera.events import CameraChunk
 from functions.runtime.adapter import Event, cloudevent_function
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from functions.camera import settings as camera_settings
 from functions.camera.records import ImageObject
-from functions.runtime import clients, settings
+from functions.runtime import clients
 from functions.runtime.errors import InvalidData
 
 MESSAGE_NAMESPACE = uuid.UUID("0d7c8f0e-5a1b-4e8e-9a8c-2b9f3f6c1a77")
@@ -29,7 +29,7 @@ class Stage:
 
 
 def stage(bucket: str) -> Stage:
-    minio, routing = settings.minio(), camera_settings.routing()
+    minio, routing = camera_settings.buckets(), camera_settings.routing()
     if bucket == minio.raw_bucket:
         return Stage("pending", routing.raw_routing_key)
     if bucket == minio.processed_bucket:

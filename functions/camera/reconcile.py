@@ -17,10 +17,11 @@ from botocore.exceptions import ClientError
 
 from functions.camera import messages, metrics, records
 from functions.camera import settings as camera_settings
-from functions.events import Ping, ReconcileReport
+from functions.camera.events import ReconcileReport
 from functions.runtime import clients
 from functions.runtime.adapter import Event, Reply, cloudevent_function
 from functions.runtime.errors import DependencyUnavailable
+from functions.sources.events import Ping
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -16,10 +16,11 @@ from functools import partial
 
 from functions.camera import capture, metrics
 from functions.camera import settings as camera_settings
-from functions.events import Ping, SweepReport
+from functions.camera.events import SweepReport
 from functions.runtime import clients
 from functions.runtime.adapter import Event, Reply, cloudevent_function
 from functions.runtime.errors import DependencyUnavailable
+from functions.sources.events import Ping
 
 log = logging.getLogger("objectflow.camera.sweep")
 

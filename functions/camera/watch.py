@@ -13,10 +13,11 @@ import re
 from typing import TYPE_CHECKING
 
 from functions.camera import messages, metrics, records
-from functions.events import SAFE_SEGMENT, S3ObjectCreated
+from functions.camera.events import SAFE_SEGMENT
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
 from functions.runtime.errors import InvalidData
+from functions.sources.events import S3ObjectCreated
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor

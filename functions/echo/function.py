@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from functions.events import EchoReply, EchoRequest
+from functions.echo.events import EchoReply, EchoRequest
 from functions.runtime import clients
 from functions.runtime.adapter import Event, Reply, cloudevent_function
 

@@ -33,7 +33,7 @@ from tests.camera_support import (
     snapshot,
     sql,
 )
-from tests.support import s3_client, wait_for
+from tests.support import http_app, s3_client, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 App = Callable[[str], FlaskClient]
@@ -55,6 +55,8 @@ def app(service_env: dict[str, str]) -> Iterator[App]:
 
     def client(name: str) -> FlaskClient:
         source = str(ROOT / "functions" / "camera" / f"{name}.py")
+        if name == "api":
+            return http_app(source, targets[name])
         return functions_framework.create_app(targets[name], source, "http").test_client()
 
     yield client
@@ -378,7 +380,7 @@ def test_sweep_finishes_complete_captures_and_expires_stale_partials(
     r.hset(f"image_chunks:{session}:meta", "last_at", time.time() - 3600)
 
     api = app("api")
-    status = api.get(f"/captures/{session}").get_json()
+    status = api.get(f"/captures/{session}").json()
     assert (status["status"], status["received"], status["total"], status["missing"]) == (
         "partial", 1, 3, [1, 2],
     )  # fmt: skip
@@ -392,10 +394,10 @@ def test_sweep_finishes_complete_captures_and_expires_stale_partials(
     assert [sha256(b) for b in objects(service_env, camera).values()] == [sha256(image)]
     assert not r.exists(f"image_chunks:{session}", f"camera_session:{other}")
 
-    done = api.get(f"/captures/{finished_id}").get_json()
+    done = api.get(f"/captures/{finished_id}").json()
     assert done["status"] == "processed" and done["missing"] == []
     assert done["record"]["checksum"] == sha256(image) and done["record"]["status"] == "pending"
     assert api.get(f"/captures/{uuid.uuid4()}").status_code == 404
     assert api.get("/captures/..").status_code in (400, 404)
-    health = api.get("/health").get_json()
+    health = api.get("/health").json()
     assert health["status"] == "ok" and datetime.fromisoformat(health["ts"])
