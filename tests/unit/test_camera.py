@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from devstack.camera import sim as camera_sim
 from functions.camera import capture, messages, records, watch
 from functions.camera.events import CameraChunk
-from functions.sources.events import S3ObjectCreated
 from functions.runtime import settings
 from functions.runtime.errors import InvalidData, PayloadTooLarge
+from functions.sources.events import S3ObjectCreated
 
 
 def chunk(**overrides: Any) -> dict[str, Any]:
