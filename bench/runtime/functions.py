@@ -2,8 +2,10 @@
 
 `sink` records (event id, sent, received) for each POST in this process's memory, as cheaply
 as possible so a benchmark measures the hop and not the function; `GET /samples` returns them
-(`?clear=1` empties the list). `hello` is the bare functions-framework hello-world that cold
-start is compared with. Deliberately no objectflow imports: this is the baseline.
+(`?clear=1` empties the list). The runtime serves `kind: http` functions as ASGI apps
+(functions-framework --asgi), so `sink` is an async starlette handler. `hello` is the bare
+(Flask) functions-framework hello-world that cold start is compared with. Deliberately no
+objectflow imports: this is the baseline.
 """
 
 from __future__ import annotations
@@ -13,22 +15,25 @@ import time
 
 import flask
 import functions_framework
+import functions_framework.aio
+from starlette.requests import Request
+from starlette.responses import Response
 
-_samples: list[tuple[str, float, float]] = []  # gunicorn runs 1 worker: one list per function
+_samples: list[tuple[str, float, float]] = []  # one worker: one list per function
 
 
-@functions_framework.http
-def sink(request: flask.Request) -> flask.Response | str:
+@functions_framework.aio.http
+async def sink(request: Request) -> Response | str:
     received = time.time()
     if request.method == "POST":
-        sent = json.loads(request.get_data())["sent"]
-        _samples.append((request.headers.get("ce-id", ""), sent, received))  # atomic (GIL)
-        return flask.Response(status=204)
-    if request.path == "/samples":
+        sent = json.loads(await request.body())["sent"]
+        _samples.append((request.headers.get("ce-id", ""), sent, received))
+        return Response(status_code=204)
+    if request.url.path == "/samples":
         body = json.dumps(_samples)
-        if request.args.get("clear"):
+        if request.query_params.get("clear"):
             _samples.clear()
-        return flask.Response(body, mimetype="application/json")
+        return Response(body, media_type="application/json")
     return "ok"  # GET /health and anything else
 
 
