@@ -88,7 +88,6 @@ class Stack:
     db_name: str = "thermosense_db"
     db_user: str = "postgres"
     db_password: str = "password"
-    db_schema: str = "thermo"
     redis_db: int = 0
     admin_user: str = "admin"  # MinIO root, RabbitMQ and MQTT share the documents' admin login
     admin_password: str = "admin1234"
@@ -148,7 +147,6 @@ class Stack:
             "DB_NAME": self.db_name,
             "DB_USER": self.db_user,
             "DB_PASSWORD": self.db_password,
-            "DB_SCHEMA": self.db_schema,
             "DATABASE_URL": self.url("postgres"),
             "REDIS_HOST": HOST,
             "REDIS_PORT": str(self.ports["redis"]),

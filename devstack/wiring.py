@@ -676,8 +676,19 @@ def catalog_markdown(values: Values) -> str:
             f"| `{name}` | `{fn.entrypoint}` | {fn.kind} | {triggers or '-'} | "
             f"{', '.join(fn.touches) or '-'} |"
         )
-    lines.append(CATALOG_END)
+    lines += ["", *events_markdown(), CATALOG_END]
     return "\n".join(lines)
+
+
+def events_markdown() -> list[str]:
+    """The event types table: every type the domains register (functions/<domain>/events.py)."""
+    from functions.runtime import registry
+
+    lines = ["| event type | data model | what it means |", "|---|---|---|"]
+    for name, event in sorted(registry.load_all().items()):
+        model = f"{event.model.__module__}.{event.model.__qualname__}"
+        lines.append(f"| `{name}` | `{model}` | {event.description} |")
+    return lines
 
 
 def json_filter(expression: dict[str, Any]) -> str:

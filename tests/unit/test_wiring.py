@@ -300,9 +300,8 @@ def test_http_components_run_under_asgi_and_cloudevent_ones_do_not() -> None:
             continue
         kind = values.served()[component.name].kind
         assert ("--asgi" in component.command) == (kind == "http"), component.name
-    assert {c.name for c in supervisor.components(values) if "--asgi" in c.command} == {
-        "camera-api", "dead-letter", "minio-webhook"
-    }  # fmt: skip
+    asgi = {c.name for c in supervisor.components(values) if "--asgi" in c.command}
+    assert {"camera-api", "dead-letter", "minio-webhook"} <= asgi
 
 
 def test_dead_lettering_needs_the_dead_letter_component(tmp_path: Path) -> None:
