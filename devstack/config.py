@@ -68,7 +68,7 @@ class Paths:
 
 @dataclass(frozen=True)
 class Stack:
-    """Ports, credentials and resource names of the local stack (the source documents' defaults)."""
+    """Ports, credentials and resource names of the local stack (the defaults of the services objectflow replaces)."""
 
     ports: dict[str, int] = field(
         default_factory=lambda: {
@@ -89,7 +89,7 @@ class Stack:
     db_user: str = "postgres"
     db_password: str = "password"
     redis_db: int = 0
-    admin_user: str = "admin"  # MinIO root, RabbitMQ and MQTT share the documents' admin login
+    admin_user: str = "admin"  # MinIO root, RabbitMQ and MQTT share one admin login
     admin_password: str = "admin1234"
     rabbitmq_vhost: str = "/thermo"
     rabbitmq_exchange: str = "thermo_exchange"
@@ -135,7 +135,7 @@ class Stack:
     def env(
         self, paths: Paths | None = None, infrastructure: Infrastructure | None = None
     ) -> dict[str, str]:
-        """The settings functions and tests read, under the env names of DESIGN.md section 6;
+        """The settings functions and tests read, under the env names functions/README.md lists;
         bucket names are the domains' (values.yaml `domains`)."""
         from devstack import wiring
 

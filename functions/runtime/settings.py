@@ -1,4 +1,4 @@
-"""Typed settings per backend, read from the environment with the source documents' names.
+"""Typed settings per backend, read from the environment under the replaced services' names.
 
 Each settings class is built on first use by a cached factory (never at import time), so a
 function only validates the settings of the backends it actually uses. Validation failures

@@ -1,4 +1,4 @@
-"""DESIGN.md section 3: both engines run exactly the diagram.
+"""Both engines run exactly the diagram (docs/architecture.md, "The wiring diagram").
 
 For each value set, every function, trigger (filters, delivery, order), schedule and source of
 values.yaml is in the rendered manifests and in the local runtime's routing table and process

@@ -1,4 +1,4 @@
-"""Settings: the source documents' env names, precedence rules, and errors naming the variable."""
+"""Settings: the env names of the replaced services, precedence rules, errors naming the variable."""
 
 from __future__ import annotations
 
