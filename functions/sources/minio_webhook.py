@@ -60,7 +60,7 @@ class _Model(BaseModel):
 
 class S3Object(_Model):
     key: str = Field(min_length=1)
-    size: int = Field(default=0, ge=0, description="MinIO omits it for an empty object")
+    size: int | None = Field(default=None, ge=0, description="MinIO omits it when it is 0")
     etag: str | None = Field(default=None, alias="eTag")
     content_type: str | None = Field(default=None, alias="contentType")
     user_metadata: dict[str, str] = Field(default_factory=dict, alias="userMetadata")
@@ -118,11 +118,12 @@ def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent 
     ce_type, model = found
     obj, bucket = record.s3.object, record.s3.bucket.name
     key = unquote_plus(obj.key)  # MinIO URL-encodes keys in notifications, space as `+`
+    fields = {"size": obj.size} if obj.size is not None else {}  # missing: the model's default
     data = model.model_validate(
         {
+            **fields,
             "bucket": bucket,
             "key": key,
-            "size": obj.size,
             "etag": obj.etag,
             "content_type": obj.content_type,
             "user_metadata": user_metadata(obj.user_metadata),
