@@ -188,7 +188,10 @@ def test_webhook_rejects_missing_or_wrong_token(webhook: TestClient, header: str
         (b"{not json", "body"),
         (json.dumps({"EventName": "s3:ObjectCreated:Put"}).encode(), "Records"),
         (json.dumps(notification(record(eventTime="yesterday"))).encode(), "Records.0.eventTime"),
-        (json.dumps(notification(record(object={"key": "+", "size": -1}))).encode(), "Records.0.s3.object.size"),
+        (
+            json.dumps(notification(record(object={"key": "+", "size": -1}))).encode(),
+            "Records.0.s3.object.size",
+        ),
     ],
 )
 def test_malformed_notifications_are_400s_naming_the_field(body: bytes, field: str) -> None:
