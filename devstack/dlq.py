@@ -47,15 +47,17 @@ def list_(limit: int = typer.Option(50, help="How many, newest first.")) -> None
         for row in rows:
             typer.echo("\t".join(_cells(row, full=True)))
         return
-    table = Table("id", "when", "type", "status", "tries", "answer", box=None, padding=(0, 1))
-    for column in table.columns:
-        column.no_wrap = True
-    for name in ("type", "answer"):  # shortened (with …) to fit; `dlq show <id>` has it all
-        column = next(c for c in table.columns if c.header == name)
-        column.overflow, column.min_width = "ellipsis", 12
-    table.columns[-1].ratio = 1
-    for row in rows:
-        table.add_row(*_cells(row, full=False))
+    cells = [_cells(row, full=False) for row in rows]
+    widths = {"id": max([2, *(len(c[0]) for c in cells)]), "when": 11, "type": 26, "status": 6,
+              "tries": 5}  # fmt: skip
+    table = Table(box=None, padding=(0, 1), pad_edge=False)
+    for name, width in widths.items():
+        table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=width)
+    # The answer gets what is left, shortened with …; `dlq show <id>` has it all.
+    left = console.width - sum(widths.values()) - 2 * len(widths)
+    table.add_column("answer", no_wrap=True, overflow="ellipsis", max_width=max(left, 10))
+    for row_cells in cells:
+        table.add_row(*row_cells)
     console.print(table)
     console.print(f"{len(rows)} dead letter(s); details: objectflow dlq show <id>")
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,8 @@ from functions.camera.events import CameraChunk
 from functions.runtime import settings
 from functions.runtime.errors import InvalidData, PayloadTooLarge
 from functions.sources.events import S3ObjectCreated
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chunk(**overrides: Any) -> dict[str, Any]:
@@ -186,3 +190,14 @@ def test_simulated_capture_splits_and_rejoins() -> None:
     payloads = camera_sim.Capture("cam", image, 7, image_id="x").payloads()
     assert [p["index"] for p in payloads] == list(range(7))
     assert b"".join(base64.b64decode(p["data"]) for p in payloads) == image
+
+
+def test_camera_api_answers_json_for_ids_with_a_newline() -> None:
+    from tests.support import http_app
+
+    os.environ.update(REDIS_HOST="127.0.0.1", REDIS_PORT="1")  # never reached: refused first
+    api = http_app(ROOT / "functions" / "camera" / "api.py", "camera_api")
+    for path in ("/captures/abc%0A", "/captures/%0A", "/captures/..%0A"):
+        answer = api.get(path)
+        assert answer.status_code == 400, (path, answer.text)
+        assert answer.json()["field"] == "image_id", path

@@ -208,7 +208,7 @@ def test_a_record_without_size_is_an_empty_object() -> None:
 
 
 JUNK: list[Any] = [None, "", "x" * 5000, -1, 0, 2**70, 1.5, float("inf"), True, [], {}, [1],
-                   {"a": 1}, "\x00\n%0A", "ünï/../..", "2026-13-45T99:99:99Z", "+", "%"]  # fmt: skip
+                   {"a": 1}, "\x00\n%0A", "ünï/../..", "2026-13-45T99:99", "+", "%"]  # fmt: skip
 
 
 def _mutate(value: Any, rng: random.Random) -> Any:

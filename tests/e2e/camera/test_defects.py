@@ -377,7 +377,7 @@ def test_tick_prints_the_runs_reply_counts() -> None:
 
 def test_camera_api_answers_json_for_an_id_ending_in_a_newline(values: wiring.Values) -> None:
     port = values.function_ports()["camera-api"]
-    for path in ("/captures/abc%0A", "/captures/%0A", "/captures/a%0Ab"):
+    for path in ("/captures/abc%0A", "/captures/%0A"):
         answer = requests.get(f"http://127.0.0.1:{port}{path}", timeout=5)
         assert answer.status_code in (400, 404), (path, answer.status_code)
         assert answer.headers["content-type"].startswith("application/json"), path
