@@ -6,8 +6,8 @@ The layout keeps source document 001's names (`image_chunks:<id>*`, `processed:<
     image_chunks:<image_id>          hash   chunk index -> chunk bytes (dropped once processed)
     image_chunks:<image_id>:meta     hash   camera_uid, total, top (highest index held),
                                             first_at, last_at
-    image_chunks:<image_id>:digests  hash   chunk index -> sha1 of its bytes, once processed, so
-                                            a late chunk is told a replay (same bytes) or a
+    image_chunks:<image_id>:digests  hash   chunk index -> sha1 of its bytes, kept once processed,
+                                            so a late chunk is told a replay (same bytes) or a
                                             reuse of the image id (other bytes)
     image_chunks:<image_id>:events   set    the adapter's idempotency keys of the capture's chunks
                                             (`objectflow:handled:camera-ingest:*`), for a reset
@@ -111,6 +111,7 @@ local held = redis.call('HGET', chunks, index)
 if held and held ~= data then return {'conflict', image_id, 0, total} end
 if given == '' then redis.call('SET', KEYS[1], image_id, 'EX', ttl) end
 redis.call('HSET', chunks, index, data)
+redis.call('HSET', chunks .. ':digests', index, redis.sha1hex(data))
 redis.call('HSET', meta, 'camera_uid', uid, 'total', total, 'last_at', ARGV[7],
            'top', math.max(index, tonumber(known[3] or -1)))
 redis.call('HSETNX', meta, 'first_at', ARGV[7])
@@ -119,22 +120,20 @@ local expiry = ttl
 if received == total then expiry = complete_ttl end
 redis.call('EXPIRE', chunks, expiry)
 redis.call('EXPIRE', meta, expiry)
+redis.call('EXPIRE', chunks .. ':digests', expiry)
 redis.call('ZADD', KEYS[2], now, image_id)
 remember()
 if held then return {'duplicate', image_id, received, total} end
 return {'stored', image_id, received, total}
 """
 
-# Finished: flag it, keep a digest of each chunk instead of its bytes, keep the small meta hash
-# for the status API, and end the camera's session only if it still points at this capture.
+# Finished: flag it, drop the chunk bytes but keep their digests and the small meta hash (for a
+# late chunk and the status API), and end the camera's session only if it still points here.
 _MARK_PROCESSED = """
-local chunks, digests = KEYS[2], KEYS[2] .. ':digests'
-local held = redis.call('HGETALL', chunks)
-for i = 1, #held, 2 do redis.call('HSET', digests, held[i], redis.sha1hex(held[i + 1])) end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('DEL', chunks)
+redis.call('DEL', KEYS[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-if #held > 0 then redis.call('EXPIRE', digests, ARGV[2]) end
+redis.call('EXPIRE', KEYS[2] .. ':digests', ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
 if redis.call('GET', KEYS[5]) == ARGV[3] then redis.call('DEL', KEYS[5]) end
 return 1
@@ -142,7 +141,7 @@ return 1
 
 # Forget a stale partial capture, and the camera's session if it points at it.
 _DISCARD = """
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[1] .. ':digests')
 redis.call('ZREM', KEYS[3], ARGV[1])
 if KEYS[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[1] then redis.call('DEL', KEYS[4]) end
 return 1
