@@ -134,8 +134,8 @@ def run_by_hand(schedule_name: str, overlays: Sequence[Path]) -> list[Run]:
     headers, body = cehttp.encode(event)
     runs = []
     with requests.Session() as session:
-        for function, trigger in values.routed_triggers():
-            if trigger.schedule != schedule_name:
+        for function, spec in values.functions.items():
+            if not any(trigger.schedule == schedule_name for trigger in spec.triggers):
                 continue
             url = f"http://127.0.0.1:{ports[function]}/"
             try:

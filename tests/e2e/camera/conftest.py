@@ -68,7 +68,7 @@ def notify(
     env: dict[str, str], values: wiring.Values, body: bytes | dict[str, Any]
 ) -> requests.Response:
     """POST a notification to the MinIO adapter as MinIO does (bearer token, JSON)."""
-    port = values.function_ports()["minio-webhook"]
+    port = values.ports()["minio-webhook"]
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.post(
         f"http://127.0.0.1:{port}/",
