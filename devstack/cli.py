@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import shutil
@@ -29,6 +30,11 @@ app = typer.Typer(
 console = Console()
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(kind.app, name="kind")
+# A domain's own commands: devstack/<domain>/cli.py with a typer `app`, as `objectflow <domain>`
+# (found by convention, like the demos: a new domain adds its file, nothing here changes).
+for _cli in sorted(Path(__file__).resolve().parent.glob("*/cli.py")):
+    _domain = _cli.parent.name
+    app.add_typer(importlib.import_module(f"devstack.{_domain}.cli").app, name=_domain)
 
 
 VALUES_HELP = "Extra values files merged over charts/objectflow/values.yaml (like helm -f)."
@@ -139,10 +145,23 @@ def tick(
     schedule: str = typer.Argument(help="A key of `schedules` in values.yaml."),
     values: Overlays = None,
 ) -> None:
-    """Fire one cron tick now: the schedule's PingSource event, to K_SINK or the local broker."""
-    from devstack.runtime.ticker import fire_by_hand
+    """Fire one cron tick now: with K_SINK set, the schedule's PingSource event goes there;
+    else to each function the schedule triggers in the local runtime, printing its reply."""
+    import os
 
-    typer.echo(fire_by_hand(schedule, values or [])["id"])
+    from devstack.runtime import ticker
+
+    if os.environ.get("K_SINK"):
+        typer.echo(ticker.fire_by_hand(schedule, values or [])["id"])
+        return
+    runs = ticker.run_by_hand(schedule, values or [])
+    for run in runs:
+        reply = f" {run.reply['type']} {json.dumps(run.reply.get_data())}" if run.reply else ""
+        typer.echo(f"{run.function}: {run.status}{reply}")
+    if not runs:
+        typer.echo(f"no function is triggered by schedule {schedule!r}")
+    if any(run.status >= 300 for run in runs):
+        raise typer.Exit(1)
 
 
 @app.command()

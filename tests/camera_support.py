@@ -117,6 +117,8 @@ def snapshot(env: dict[str, str], camera_uid: str, image_id: str | None = None) 
     keys = {f"camera_session:{camera_uid}".encode()}
     for i in ids:
         keys |= set(r.keys(f"image_chunks:{i}*")) | {f"processed:{i}".encode()}
+        # Not the capture's state: the adapter's idempotency keys of its chunks, for a reset.
+        keys.discard(f"image_chunks:{i}:events".encode())
     return {
         "redis": {k: r.dump(k) for k in sorted(keys) if r.exists(k)},
         "index": {i: r.zscore("camera_captures", i) for i in ids},

@@ -8,11 +8,15 @@ the tests and the camera benchmark (bench/camera/).
 from __future__ import annotations
 
 import base64
+import io
 import json
+import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image
 
 MAGIC = {"jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "png": b"\x89PNG\r\n\x1a\n", "bin": b"RAW0"}
 
@@ -22,10 +26,28 @@ def topic(camera_uid: str) -> str:
 
 
 def image(size: int, kind: str = "jpeg", seed: int | None = None) -> bytes:
-    """`size` bytes that begin with the magic bytes of `kind` (jpeg, png or bin)."""
+    """An image of about `size` bytes: a real, decodable JPEG or PNG of random pixels (their
+    noise does not compress), or for `bin` the magic bytes `RAW0` followed by random bytes."""
+    rng = random.Random(seed)
+    if kind == "bin":
+        return MAGIC["bin"] + rng.randbytes(max(size - len(MAGIC["bin"]), 0))
+    fmt = {"jpeg": "JPEG", "png": "PNG"}[kind]
+
+    def encode(side: int) -> bytes:
+        pixels = Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3))
+        out = io.BytesIO()
+        pixels.save(out, fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+        return out.getvalue()
+
+    side = max(1, math.isqrt(max(size, 1) // 3))
+    first = encode(side)  # then scale once to land near `size`
+    return encode(max(1, round(side * math.sqrt(size / len(first)))))
+
+
+def corrupt(size: int, kind: str = "jpeg", seed: int | None = None) -> bytes:
+    """Bytes that start like a JPEG or PNG (magic bytes) but do not decode as one."""
     head = MAGIC[kind]
-    body = random.Random(seed).randbytes(max(size - len(head), 0))
-    return head + body
+    return head + random.Random(seed).randbytes(max(size - len(head), 0))
 
 
 @dataclass(frozen=True)
@@ -36,11 +58,10 @@ class Capture:
     image_id: str | None = None
 
     def payloads(self) -> list[dict[str, Any]]:
-        """One message per chunk, in index order."""
-        step = -(-len(self.image) // self.total)
-        messages = []
+        """One message per chunk, in index order; chunks differ in length by one byte at most."""
+        size, messages = len(self.image), []
         for index in range(self.total):
-            part = self.image[index * step : (index + 1) * step]
+            part = self.image[index * size // self.total : (index + 1) * size // self.total]
             message: dict[str, Any] = {
                 "id": self.camera_uid,
                 "index": index,

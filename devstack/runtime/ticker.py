@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -27,6 +28,7 @@ from croniter import croniter
 from devstack import wiring
 from devstack.errors import DevstackError
 from devstack.runtime.sources_common import exit_on_bad_settings
+from functions.runtime import cehttp
 from functions.runtime import logging as json_logging
 from functions.sources import sink
 from functions.sources.ping import ping_event
@@ -104,6 +106,48 @@ def fire_by_hand(schedule_name: str, overlays: Sequence[Path]) -> CloudEvent:
         raise DevstackError(str(exc)) from None
     url = os.environ.get("K_SINK") or f"http://127.0.0.1:{values.local.broker_port}/"
     return fire(schedule_name, values, url)
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one function the schedule triggers answered to a tick fired by hand."""
+
+    function: str
+    status: int
+    reply: CloudEvent | None
+
+
+def run_by_hand(schedule_name: str, overlays: Sequence[Path]) -> list[Run]:
+    """`objectflow tick` on the local runtime: deliver the tick to every function the schedule
+    triggers, as the broker would, and return their answers. A reply goes on to the broker, so
+    its subscribers get it as after a scheduled tick."""
+    try:
+        values = wiring.load(*overlays)
+    except wiring.WiringError as exc:
+        raise DevstackError(str(exc)) from None
+    if schedule_name not in values.schedules:
+        declared = ", ".join(values.schedules) or "none"
+        raise UnknownSchedule(f"no schedule {schedule_name!r} in the wiring (declared: {declared})")
+    schedule = values.schedules[schedule_name]
+    event = ping_event(values.namespace, schedule_name, schedule.data, datetime.now(UTC))
+    ports, broker = values.function_ports(), f"http://127.0.0.1:{values.local.broker_port}/"
+    headers, body = cehttp.encode(event)
+    runs = []
+    with requests.Session() as session:
+        for function, spec in values.functions.items():
+            if not any(trigger.schedule == schedule_name for trigger in spec.triggers):
+                continue
+            url = f"http://127.0.0.1:{ports[function]}/"
+            try:
+                answer = session.post(url, headers=headers, data=body, timeout=MANUAL_RETRY_WINDOW)
+            except requests.RequestException as exc:
+                raise TickFailed(f"{function} did not answer the tick: {exc}") from None
+            reply = None
+            if answer.ok and answer.content:
+                reply = cehttp.decode(dict(answer.headers), answer.content)
+                sink.post(session, broker, reply)
+            runs.append(Run(function, answer.status_code, reply))
+    return runs
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from functions.runtime.registry import EventData, EventType, register
 
-# Usable as one object-key segment: no slash, no leading dot (so never "." or "..").
+# Usable as one object-key segment: ASCII, no slash, no leading dot (so never "." or "..").
+# Match it with re.fullmatch: Python's `$` also matches before a trailing newline.
 SAFE_SEGMENT = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
 
 
@@ -34,9 +35,12 @@ class CameraChunk(BaseModel):
         if not isinstance(value, str):
             raise ValueError("must be a base64 string")
         try:
-            return base64.b64decode(value, validate=True)
+            decoded = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
             raise ValueError("is not valid base64") from None
+        if not decoded:
+            raise ValueError("is empty: a chunk carries at least one byte")
+        return decoded
 
     @model_validator(mode="after")
     def _index_in_range(self) -> CameraChunk:

@@ -41,18 +41,35 @@ def stage(bucket: str) -> Stage:
     )
 
 
-def body(item: ImageObject, routing_key: str, event_time: datetime) -> bytes:
+@dataclass(frozen=True)
+class Written:
+    """The object an announcement is about: the one a notification says was written."""
+
+    bucket: str
+    object_key: str
+    status: str  # what that object means for the image (its stage's status)
+    size: int | None
+    etag: str | None
+
+    @classmethod
+    def current(cls, item: ImageObject) -> Written:
+        """The object the row describes now (what reconciliation announces again)."""
+        return cls(item.bucket, item.object_key, item.status, item.size, item.etag)
+
+
+def body(item: ImageObject, written: Written, routing_key: str, event_time: datetime) -> bytes:
+    """The row's ids, and the bucket, key, status, size and etag of the object written."""
     return json.dumps(
         {
             "eventType": routing_key,
             "imageObjectId": item.id,
             "deviceId": item.device_id,
             "deviceUid": item.device_uid,
-            "bucket": item.bucket,
-            "objectKey": item.object_key,
-            "status": item.status,
-            "size": item.size,
-            "etag": item.etag,
+            "bucket": written.bucket,
+            "objectKey": written.object_key,
+            "status": written.status,
+            "size": written.size,
+            "etag": written.etag,
             "eventTime": event_time.isoformat().replace("+00:00", "Z"),
         }
     ).encode()
@@ -60,6 +77,7 @@ def body(item: ImageObject, routing_key: str, event_time: datetime) -> bytes:
 
 def publish(
     item: ImageObject,
+    written: Written,
     routing_key: str,
     event_time: datetime,
     *,
@@ -69,6 +87,5 @@ def publish(
     """Publish and wait for the confirm; `dedupe_key` makes the AMQP message id stable."""
     message_id = str(uuid.uuid5(MESSAGE_NAMESPACE, dedupe_key))
     headers = {"traceparent": traceparent} if traceparent else None
-    clients.rabbitmq.publish(
-        routing_key, body(item, routing_key, event_time), headers=headers, message_id=message_id
-    )
+    message = body(item, written, routing_key, event_time)
+    clients.rabbitmq.publish(routing_key, message, headers=headers, message_id=message_id)

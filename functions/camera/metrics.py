@@ -18,9 +18,14 @@ CAPTURES = Counter(
     "Captures finished (uploaded, recorded, marked processed), by the function that did it.",
     ["by"],
 )
+QUARANTINED = Counter(
+    "objectflow_camera_quarantined_total",
+    "Captures whose assembled JPEG/PNG did not decode, stored under the quarantine prefix.",
+)
 WATCHED = Counter(
     "objectflow_camera_watch_total",
-    "Object notifications handled by camera-watch, by outcome (published, duplicate).",
+    "Object notifications handled by camera-watch, by outcome "
+    "(published, duplicate, quarantined: under the quarantine prefix, never announced).",
     ["outcome"],
 )
 RECONCILED = Counter(

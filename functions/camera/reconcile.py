@@ -62,6 +62,7 @@ def settle(item: records.ImageObject, traceparent: str | None) -> str:
         # the count back and the next run tries again.
         messages.publish(
             item,
+            messages.Written.current(item),
             messages.stage(item.bucket).routing_key,
             datetime.now(UTC),
             dedupe_key=f"{item.bucket}/{item.object_key}#republish-{item.republish_count + 1}",

@@ -5,7 +5,8 @@ and the processed one (thermo-processed) share the key. Writers race freely (cam
 records the upload, camera-watch the notification of the same object, camera-reconcile the
 stuck ones), so every write is an upsert or a guarded transition, and a status only moves
 forward: pending -> processing -> completed. `failed` (set by reconciliation) is left again
-only when a notification shows the object exists after all.
+only when a notification shows the object exists after all. camera-ingest records a capture that
+does not decode as `failed` from the start, with the reason, under the quarantine prefix.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ STATUSES = (*PROGRESS, "failed")
 
 def next_status(current: str, incoming: str) -> str:
     """The status after an object notification says `incoming`; never moves backwards."""
-    if current == "failed":
+    if current == "failed" or incoming == "failed":
         return incoming
     return max(current, incoming, key=PROGRESS.index)
 
@@ -41,6 +42,7 @@ class ObjectSeen:
     checksum: str | None = None
     content_type: str | None = None
     image_id: str | None = None
+    failure_reason: str | None = None  # with status `failed`: why (a quarantined capture)
 
 
 @dataclass(frozen=True)
@@ -93,12 +95,13 @@ def record(cur: Cursor, seen: ObjectSeen) -> tuple[ImageObject, bool]:
     owner = device_id(cur, seen.device_uid)
     cur.execute(
         """INSERT INTO thermo.image_objects
-               (device_id, image_id, object_key, bucket, status, checksum, size, etag, content_type)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+               (device_id, image_id, object_key, bucket, status, checksum, size, etag, content_type,
+                failure_reason)
+           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
            ON CONFLICT (object_key) DO NOTHING RETURNING id""",
         (
             owner, seen.image_id, seen.object_key, seen.bucket, seen.status,
-            seen.checksum, seen.size, seen.etag, seen.content_type,
+            seen.checksum, seen.size, seen.etag, seen.content_type, seen.failure_reason,
         ),
     )  # fmt: skip
     if cur.fetchone() is not None:
@@ -126,9 +129,10 @@ def record(cur: Cursor, seen: ObjectSeen) -> tuple[ImageObject, bool]:
                size = %(size)s, etag = %(etag)s, content_type = %(content_type)s,
                checksum = %(checksum)s, image_id = %(image_id)s, updated_at = now(),
                republish_count = CASE WHEN %(moved)s THEN 0 ELSE republish_count END,
-               failure_reason = CASE WHEN %(moved)s THEN NULL ELSE failure_reason END
+               failure_reason = CASE WHEN %(reason)s IS NOT NULL THEN %(reason)s
+                                     WHEN %(moved)s THEN NULL ELSE failure_reason END
            WHERE id = %(id)s""",
-        {**update, "moved": moved, "id": current.id},
+        {**update, "moved": moved, "id": current.id, "reason": seen.failure_reason},
     )
     return by_key(cur, seen.object_key, lock=False), True
 

@@ -33,6 +33,16 @@ class CameraSettings(BaseSettings):
         default=7 * 24 * 3600, gt=0, description="How long `processed:<id>` dedupes late chunks"
     )
     lock_ttl_s: int = Field(default=60, gt=0, description="Expiry of the assembly lock")
+    session_idle_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="After a session was idle this long, its camera's index 0 starts a new capture",
+    )
+    quarantine_prefix: str = Field(
+        default="quarantine/",
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*/$",
+        description="Key prefix in the raw bucket of captures that do not decode (never announced)",
+    )
     sweep_grace_s: int = Field(
         default=30, ge=0, description="A complete capture younger than this is left to ingest"
     )

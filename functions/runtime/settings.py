@@ -157,7 +157,9 @@ class RuntimeSettings(BaseSettings):
     retry_base_delay: float = Field(default=0.1, gt=0)
     retry_max_delay: float = Field(default=2.0, gt=0)
     max_event_bytes: int = Field(default=1024 * 1024, gt=0)
-    idempotency_ttl: int = Field(default=7 * 24 * 3600, gt=0)
+    # The pre-check only has to outlast redelivery: the broker's retries (minutes at most), MinIO
+    # and MQTT resending after a short outage. The domain's own guards dedupe beyond it.
+    idempotency_ttl: int = Field(default=3600, gt=0)
     log_level: str = "INFO"
 
 

@@ -29,7 +29,7 @@ class S3ObjectEvent(EventData):
 
 
 class S3ObjectCreated(S3ObjectEvent):
-    size: int = Field(ge=0)
+    size: int = Field(default=0, ge=0, description="MinIO leaves it out for an empty object")
     event_name: str = Field(pattern=r"^s3:ObjectCreated:")
 
 

@@ -5,19 +5,27 @@
 MinIO posts S3 event JSON (`{"EventName", "Key", "Records": [...]}`) with
 `Authorization: Bearer $MINIO_WEBHOOK_TOKEN`. Each record becomes one CloudEvent
 (`objectflow.s3.object.created.v1` / `.removed.v1`, subject `bucket/key`) posted to `K_SINK`.
-Answers: 200 once every event was accepted, 401 for a missing or wrong token, 400 for a body
-that is not a notification, 503 when the sink is unavailable, so MinIO keeps the notification
-in its queue dir and retries it (the stable ids make the retried events dedupe downstream).
+Answers: 200 once every event was accepted, 401 for a missing or wrong token, 400 with the
+reason for a body it cannot read (kept in the dead-letter store, see `dead_letter`), 413 for a
+body above `OBJECTFLOW_MAX_EVENT_BYTES`, 503 when the sink or the dead-letter store is
+unavailable, so MinIO keeps the notification in its queue dir and retries it (the stable ids make
+the retried events dedupe downstream). Nothing a sender controls answers a 5xx: MinIO retries
+every non-2xx answer of a queued notification every few seconds, and the notifications queued
+behind it wait, so a 5xx for one bad record would hold up all of them. MinIO leaves `size` out
+of the record of an empty object; that is a size of 0.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import unquote_plus
 
 import requests
@@ -26,9 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from functions.runtime import BadRequest, ObjectflowError, SettingsError, http_function
+from functions.deadletter import store as dead_letters
+from functions.runtime import BadRequest, ObjectflowError, SettingsError, http_function, settings
 from functions.runtime import logging as objectflow_logging
-from functions.runtime.errors import Unauthorized
+from functions.runtime.errors import PayloadTooLarge, Unauthorized
 from functions.sources import sink
 from functions.sources.events import S3ObjectCreated, S3ObjectEvent, S3ObjectRemoved
 
@@ -51,7 +60,7 @@ class _Model(BaseModel):
 
 class S3Object(_Model):
     key: str = Field(min_length=1)
-    size: int | None = None
+    size: int | None = Field(default=None, ge=0, description="MinIO omits it when it is 0")
     etag: str | None = Field(default=None, alias="eTag")
     content_type: str | None = Field(default=None, alias="contentType")
     user_metadata: dict[str, str] = Field(default_factory=dict, alias="userMetadata")
@@ -109,11 +118,12 @@ def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent 
     ce_type, model = found
     obj, bucket = record.s3.object, record.s3.bucket.name
     key = unquote_plus(obj.key)  # MinIO URL-encodes keys in notifications, space as `+`
+    fields = {"size": obj.size} if obj.size is not None else {}  # missing: the model's default
     data = model.model_validate(
         {
+            **fields,
             "bucket": bucket,
             "key": key,
-            "size": obj.size,
             "etag": obj.etag,
             "content_type": obj.content_type,
             "user_metadata": user_metadata(obj.user_metadata),
@@ -135,6 +145,74 @@ def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent 
     return CloudEvent(attributes, data.model_dump(mode="json"))
 
 
+class BadNotification(BadRequest):
+    code = "bad-notification"
+
+
+def _reason(exc: ValidationError) -> BadNotification:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return BadNotification(f"not a MinIO notification: {where}: {first['msg']}", field=where)
+
+
+def to_cloudevents(body: bytes, traceparent: str | None = None) -> tuple[list[CloudEvent], int]:
+    """(events to forward, records skipped) of a notification body; every record is checked
+    before anything is forwarded. Raises BadNotification, and nothing else, for what it cannot
+    read: the sender controls the body, so no body may end in a 5xx."""
+    try:
+        notification = Notification.model_validate_json(body)
+    except ValidationError as exc:
+        raise _reason(exc) from None
+    events, skipped = [], 0
+    for n, record in enumerate(notification.records):
+        try:
+            event = to_cloudevent(record, traceparent)
+        except ValidationError as exc:
+            reason = _reason(exc)
+            raise BadNotification(f"Records.{n}: {reason.detail}", field=reason.field) from None
+        if event is None:
+            log.info(
+                "skipping event %s", record.event_name, extra={"bucket": record.s3.bucket.name}
+            )
+            skipped += 1
+        else:
+            events.append(event)
+    return events, skipped
+
+
+DEAD_LETTER_DESTINATION = f"urn:objectflow:{NAME}"  # never redriven: the body stays unreadable
+UNREADABLE_TYPE = "objectflow.s3.notification.unreadable.v1"
+
+
+def dead_letter(body: bytes, rejection: BadNotification) -> int:
+    """Keep an unreadable notification in the dead-letter store (`objectflow dlq list`).
+
+    One row per distinct body: MinIO retrying it refreshes the row instead of adding one."""
+    event: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": hashlib.sha256(body).hexdigest()[:32],
+        "source": f"/objectflow/sources/{NAME}",
+        "type": UNREADABLE_TYPE,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    try:
+        event.update(datacontenttype="application/json", data=json.loads(body))
+    except ValueError:  # not JSON (or not UTF-8): kept byte for byte
+        event.update(
+            datacontenttype="application/octet-stream",
+            data_base64=base64.b64encode(body).decode(),
+        )
+    letter = dead_letters.DeadLetter(
+        event=event,
+        destination=DEAD_LETTER_DESTINATION,
+        status_code=rejection.status,
+        response_body=json.dumps(rejection.body()),
+        attempts=1,
+        trigger_name=NAME,
+    )
+    return dead_letters.save(letter)
+
+
 def authorized(header: str | None, token: str) -> bool:
     scheme, _, presented = (header or "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(presented.encode(), token.encode())
@@ -153,10 +231,6 @@ def _token() -> str:
     if not token:
         raise SettingsError(TOKEN_ENV, "must be set to the token MinIO's webhook target sends")
     return token
-
-
-class BadNotification(BadRequest):
-    code = "bad-notification"
 
 
 class SinkDown(ObjectflowError):
@@ -195,24 +269,17 @@ def handle(authorization: str | None, body: bytes, traceparent: str | None) -> F
     if not authorized(authorization, _token()):
         raise Unauthorized("missing or wrong bearer token")
     try:
-        notification = Notification.model_validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadNotification(
-            f"not a MinIO notification: {where}: {first['msg']}", field=where
-        ) from None
-    events = []
-    for record in notification.records:
-        sink.MESSAGES.labels(NAME, "received").inc()
-        event = to_cloudevent(record, traceparent)
-        if event is None:
-            log.info(
-                "skipping event %s", record.event_name, extra={"bucket": record.s3.bucket.name}
-            )
-            sink.MESSAGES.labels(NAME, "skipped").inc()
-        else:
-            events.append(event)
+        events, skipped = to_cloudevents(body, traceparent)
+    except BadNotification as exc:
+        letter = dead_letter(body, exc)
+        log.warning(
+            "unreadable notification dead-lettered",
+            extra={"dead_letter_id": letter, "error": exc.detail},
+        )
+        sink.MESSAGES.labels(NAME, "unreadable").inc()
+        raise
+    sink.MESSAGES.labels(NAME, "received").inc(len(events) + skipped)
+    sink.MESSAGES.labels(NAME, "skipped").inc(skipped)
     try:
         _forward(events)
     except sink.SinkUnavailable as exc:
@@ -228,10 +295,15 @@ api = http_function(NAME, summary="MinIO bucket notifications to CloudEvents")
 @api.post("/", response_model=Forwarded)
 async def notify(request: Request) -> Forwarded:
     """One MinIO notification (`Authorization: Bearer $MINIO_WEBHOOK_TOKEN`)."""
-    body = await request.body()
+    limit = settings.runtime().max_event_bytes
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"notification body exceeds {limit} bytes")
     headers = request.headers
     return await run_in_threadpool(
-        handle, headers.get("authorization"), body, headers.get("traceparent")
+        handle, headers.get("authorization"), bytes(body), headers.get("traceparent")
     )
 
 

@@ -3,8 +3,10 @@
 Subscribes every route's topic at QoS 1 in a persistent session (fixed client id, no clean
 session) and posts one CloudEvent per message to `K_SINK`. A message is acknowledged to the
 broker only once the sink accepted its event, so nothing is lost while the sink or the bridge
-is down: the broker keeps unacknowledged messages and redelivers them, and the stable event id
-(topic + payload) lets the broker downstream drop the duplicates.
+is down: the broker keeps unacknowledged messages and redelivers them, and the event id lets the
+functions downstream drop the duplicates. The id is the topic, the payload and the MQTT packet
+id: MQTT resends an unacknowledged message with the same packet id (and the DUP flag), while a
+new message, even with byte-identical payload, gets the next free one.
 
 Settings: `K_SINK`, `OBJECTFLOW_MQTT_ROUTES` (JSON list of values.yaml `sources.mqtt-bridge`
 routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT` (optional) and the `MQTT_*`
@@ -72,9 +74,15 @@ def match_route(routes: Sequence[MqttRoute], topic: str) -> MqttRoute | None:
     return next((route for route in routes if topic_matches_sub(route.topic, topic)), None)
 
 
-def message_id(topic: str, payload: bytes) -> str:
-    """Same message, same id: a redelivery (or a re-publish) dedupes downstream."""
-    return hashlib.sha256(topic.encode() + b"\0" + payload).hexdigest()[:32]
+def message_id(topic: str, payload: bytes, packet_id: int) -> str:
+    """Same message, same id: a redelivery (same packet id) dedupes downstream, while a new
+    message with the same bytes (a static scene, a constant JPEG tail) is a new event.
+
+    The packet id alone is reused once acknowledged, which is why the topic and payload
+    count too; a collision needs identical bytes on the same topic with the same packet id
+    within the idempotency window (`OBJECTFLOW_IDEMPOTENCY_TTL`)."""
+    digest = hashlib.sha256(topic.encode() + b"\0" + payload + b"\0" + str(packet_id).encode())
+    return digest.hexdigest()[:32]
 
 
 def topic_level(topic: str, index: int | None) -> str | None:
@@ -92,11 +100,14 @@ def decode_payload(payload: bytes) -> tuple[str, Any]:
         return "application/octet-stream", payload
 
 
-def to_cloudevent(route: MqttRoute, topic: str, payload: bytes, origin: str) -> CloudEvent:
-    """The CloudEvent for one MQTT message; `origin` is `mqtt://host:port`."""
+def to_cloudevent(
+    route: MqttRoute, topic: str, payload: bytes, origin: str, packet_id: int
+) -> CloudEvent:
+    """The CloudEvent for one MQTT message; `origin` is `mqtt://host:port`, `packet_id` the
+    message's MQTT packet identifier (paho's `mid`)."""
     content_type, data = decode_payload(payload)
     attributes = {
-        "id": message_id(topic, payload),
+        "id": message_id(topic, payload, packet_id),
         "source": f"{origin}/{quote(topic, safe='/')}",
         "type": route.type,
         "datacontenttype": content_type,
@@ -184,7 +195,9 @@ class Bridge:
             log.warning("no route for topic, dropping", extra={"topic": message.topic})
             outcome = "skipped"
         else:
-            event = to_cloudevent(route, message.topic, bytes(message.payload), self.origin)
+            event = to_cloudevent(
+                route, message.topic, bytes(message.payload), self.origin, message.mid
+            )
             with objectflow_logging.event_context(
                 event_id=event["id"],
                 event_type=event["type"],

@@ -4,6 +4,7 @@ HTTP sink: decoded keys, authentication, and notifications queued while the adap
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -161,3 +162,37 @@ def test_uploads_while_the_adapter_is_down_arrive_when_it_is_back(
         what="the notifications MinIO queued while the adapter was down",
     )
     assert sorted(e.get_data()["key"] for e in events) == keys
+
+
+def test_unreadable_notification_is_a_400_kept_as_a_dead_letter(
+    service_env: dict[str, str], sink: RecordingSink
+) -> None:
+    """In-process (the runtime's adapter keeps its port): the reason comes back, the body is
+    kept in objectflow.dead_letters once however often MinIO retries, nothing is forwarded."""
+    import json
+
+    import psycopg2
+
+    from tests.support import http_app
+
+    os.environ["K_SINK"] = sink.url
+    settings.reset()
+    clients.reset()
+    webhook = http_app(SOURCE, "minio_webhook")
+    marker = uuid.uuid4().hex
+    headers = {"Authorization": f"Bearer {service_env['MINIO_WEBHOOK_TOKEN']}"}
+    for body in (json.dumps({"Records": [{"marker": marker}]}).encode(), b"\xff" + marker.encode()):
+        for _ in range(2):  # MinIO retrying the same queued notification
+            answer = webhook.post("/", content=body, headers=headers)
+            assert answer.status_code == 400 and answer.json()["error"] == "bad-notification"
+    with psycopg2.connect(service_env["DATABASE_URL"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT status_code, dead_letter_count, cloudevent FROM objectflow.dead_letters "
+            "WHERE cloudevent::text LIKE %s OR cloudevent->>'data_base64' = %s ORDER BY id",
+            (f"%{marker}%", base64.b64encode(b"\xff" + marker.encode()).decode()),
+        )
+        found = cur.fetchall()
+    assert [(status, count) for status, count, _ in found] == [(400, 2), (400, 2)]
+    assert found[0][2]["type"] == "objectflow.s3.notification.unreadable.v1"
+    assert sink.attempts == []
+    clients.reset()

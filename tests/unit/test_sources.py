@@ -6,13 +6,14 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
-from functions.runtime.errors import SettingsError
+from functions.runtime.errors import ObjectflowError, SettingsError
 from functions.sources import minio_webhook, mqtt_bridge
 from functions.sources.minio_webhook import Notification
 from functions.sources.routes import MqttRoute
@@ -46,7 +47,7 @@ def test_route_matching_with_wildcards(topic: str, expected: MqttRoute | None) -
 
 def test_json_message_becomes_cloudevent_with_subject_from_topic_level() -> None:
     payload = json.dumps({"id": "cam-7", "index": 0, "total": 2, "data": "aGk="}).encode()
-    event = mqtt_bridge.to_cloudevent(CHUNK, "camera/cam-7/image_json", payload, ORIGIN)
+    event = mqtt_bridge.to_cloudevent(CHUNK, "camera/cam-7/image_json", payload, ORIGIN, 1)
     assert event["type"] == "objectflow.camera.chunk.received.v1"
     assert event["subject"] == "cam-7"
     assert event["source"] == "mqtt://127.0.0.1:1883/camera/cam-7/image_json"
@@ -58,20 +59,21 @@ def test_json_message_becomes_cloudevent_with_subject_from_topic_level() -> None
 
 def test_binary_message_keeps_raw_bytes_and_has_no_subject_without_segment() -> None:
     payload = b"\xff\xd8\xff\xe0 not json"
-    event = mqtt_bridge.to_cloudevent(STATUS, "devices/d1", payload, ORIGIN)
+    event = mqtt_bridge.to_cloudevent(STATUS, "devices/d1", payload, ORIGIN, 1)
     assert event["datacontenttype"] == "application/octet-stream"
     assert event.get_data() == payload
     assert "subject" not in event.get_attributes()
 
 
-def test_message_id_is_stable_per_topic_and_payload() -> None:
-    first = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN)
-    again = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN)
-    other_topic = mqtt_bridge.to_cloudevent(CHUNK, "camera/b/image_json", b"{}", ORIGIN)
+def test_message_id_tells_a_redelivery_from_a_new_message() -> None:
+    first = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN, 7)
+    again = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN, 7)  # DUP
+    later = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN, 8)  # new
+    other_topic = mqtt_bridge.to_cloudevent(CHUNK, "camera/b/image_json", b"{}", ORIGIN, 7)
     assert first["id"] == again["id"] and len(first["id"]) == 32
     assert first["traceparent"] != again["traceparent"]  # a new trace per delivery
-    assert other_topic["id"] != first["id"]
-    assert mqtt_bridge.message_id("a", b"b/c") != mqtt_bridge.message_id("a/b", b"c")
+    assert later["id"] != first["id"] and other_topic["id"] != first["id"]
+    assert mqtt_bridge.message_id("a", b"b/c", 1) != mqtt_bridge.message_id("a/b", b"c", 1)
 
 
 def test_routes_are_read_from_kebab_case_json() -> None:
@@ -186,14 +188,70 @@ def test_webhook_rejects_missing_or_wrong_token(webhook: TestClient, header: str
         (b"{not json", "body"),
         (json.dumps({"EventName": "s3:ObjectCreated:Put"}).encode(), "Records"),
         (json.dumps(notification(record(eventTime="yesterday"))).encode(), "Records.0.eventTime"),
+        (
+            json.dumps(notification(record(object={"key": "+", "size": -1}))).encode(),
+            "Records.0.s3.object.size",
+        ),
     ],
 )
-def test_webhook_answers_400_to_malformed_notifications(
-    webhook: TestClient, body: bytes, field: str
-) -> None:
-    response = webhook.post("/", content=body, headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code == 400
-    assert response.json()["field"] == field
+def test_malformed_notifications_are_400s_naming_the_field(body: bytes, field: str) -> None:
+    with pytest.raises(minio_webhook.BadNotification) as caught:
+        minio_webhook.to_cloudevents(body)
+    assert caught.value.status == 400 and caught.value.field == field, caught.value.detail
+
+
+def test_a_record_without_size_is_an_empty_object() -> None:
+    empty = record()
+    del empty["s3"]["object"]["size"]  # what MinIO sends for a zero-byte object
+    [event], skipped = minio_webhook.to_cloudevents(json.dumps(notification(empty)).encode())
+    assert event.get_data()["size"] == 0 and skipped == 0
+
+
+JUNK: list[Any] = [None, "", "x" * 5000, -1, 0, 2**70, 1.5, float("inf"), True, [], {}, [1],
+                   {"a": 1}, "\x00\n%0A", "ünï/../..", "2026-13-45T99:99", "+", "%"]  # fmt: skip
+
+
+def _mutate(value: Any, rng: random.Random) -> Any:
+    """`value` with one random part replaced by junk, removed or duplicated."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(sorted(value))
+        changed = dict(value)
+        roll = rng.random()
+        if roll < 0.2:
+            del changed[key]
+        elif roll < 0.5:
+            changed[key] = rng.choice(JUNK)
+        else:
+            changed[key] = _mutate(value[key], rng)
+        return changed
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        index = rng.randrange(len(value))
+        return [*value[:index], _mutate(value[index], rng), *value[index + 1 :]] * rng.randint(1, 2)
+    return rng.choice(JUNK)
+
+
+def test_no_notification_body_makes_the_adapter_answer_a_5xx() -> None:
+    """Fuzz: thousands of malformed notifications (values swapped for junk, fields dropped,
+    bytes flipped or cut) are each forwarded or refused with a 4xx, never an unexpected error
+    (which the HTTP frame would answer 500, and MinIO would retry forever)."""
+    rng = random.Random(10)
+    base = notification(RECORD)
+    outcomes = {"forwarded": 0, "refused": 0}
+    for _ in range(3000):
+        body = json.dumps(_mutate(base, rng), allow_nan=True).encode()
+        if rng.random() < 0.3:  # byte-level damage too
+            cut = bytearray(body[: rng.randrange(1, len(body) + 1)])
+            for _ in range(rng.randint(0, 3)):
+                cut[rng.randrange(len(cut))] = rng.randrange(256)
+            body = bytes(cut)
+        try:
+            minio_webhook.to_cloudevents(body)
+        except ObjectflowError as exc:
+            assert 400 <= exc.status < 500, exc.detail
+            outcomes["refused"] += 1
+        else:
+            outcomes["forwarded"] += 1
+    assert min(outcomes.values()) > 100, outcomes  # both paths were exercised
 
 
 def test_webhook_answers_503_when_the_sink_is_down(webhook: TestClient) -> None:

@@ -13,51 +13,20 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import psycopg2
-import pytest
 import requests
 
 from devstack import wiring
 from devstack.camera import sim as camera_sim
 from devstack.runtime import ticker
 from tests.camera_support import BoundQueue, objects, redis_client, rows, sha256, snapshot, sql
+from tests.e2e.camera.conftest import uid
 from tests.support import E2E_OVERLAY, s3_client, start_stack, stop_service, wait_for
 
 Deliveries = Callable[..., list[dict[str, Any]]]
-
-
-@pytest.fixture
-def camera_client(stack_env: dict[str, str]) -> Iterator[Callable[[], Any]]:
-    """`camera_client()` -> a connected paho client, as a camera has one."""
-    made: list[Any] = []
-
-    def connect() -> Any:
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        client.username_pw_set(stack_env["MQTT_USER"], stack_env["MQTT_PASSWORD"])
-        client.connect("127.0.0.1", int(stack_env["MQTT_BROKER_URL"].rsplit(":", 1)[1]))
-        client.loop_start()
-        made.append(client)
-        return client
-
-    yield connect
-    for client in made:
-        client.loop_stop()
-        client.disconnect()
-
-
-@pytest.fixture
-def queue(stack_env: dict[str, str]) -> Iterator[BoundQueue]:
-    bound = BoundQueue(stack_env, ["raw.created", "processed.created"], durable=True)
-    yield bound
-    bound.close()
-
-
-def uid() -> str:
-    return f"cam-{uuid.uuid4().hex[:8]}"
 
 
 def settled(env: dict[str, str], camera: str, captures: int) -> bool:
