@@ -61,14 +61,18 @@ def dev(values: Overlays = None) -> None:
     from devstack.runtime import supervisor
 
     stack.up(console, values or [], runtime=False)
-    stack.stop(stack.runtime_spec(), lambda _step: None)  # frees the ports of a background one
+    stack.stop_runtime(lambda _step: None)  # frees the ports of a background one
     supervisor.run(values or [], foreground=True)
 
 
 @app.command()
-def down() -> None:
+def down(
+    runtime_only: bool = typer.Option(
+        False, "--runtime-only", help="Stop only the local runtime; the services keep running."
+    ),
+) -> None:
     """Stop the processes `up` started (by pid file), gracefully, then by force."""
-    stack.down(console)
+    stack.down(console, runtime_only=runtime_only)
 
 
 @app.command()

@@ -5,6 +5,10 @@ dead-letter store, the MinIO webhook adapter, the MQTT bridge, the Kafka sources
 ticker run as processes too, all pointed at the broker (`K_SINK`). A process that dies is
 restarted with backoff. Output goes to `.devstack/logs/runtime/<name>.log`, and, in the
 foreground (`make dev`), interleaved on the terminal with a coloured prefix per process.
+
+No child outlives the supervisor: each asks Linux for SIGTERM when its parent dies (however it
+dies), and every child's pid is recorded in `.devstack/run/runtime-children.json`, so the next
+start (or `objectflow down`) ends whatever is still left of an earlier run, by pid.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 import tenacity
 from rich.console import Console
 from rich.markup import escape
 
-from devstack import wiring
+from devstack import process, wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
 from devstack.runtime.broker import Broker, routes, serve
@@ -35,6 +40,8 @@ from devstack.services import ServiceSpec
 log = logging.getLogger("objectflow.runtime")
 ROOT = wiring.ROOT
 LOGS = PATHS.state / "logs" / "runtime"
+CHILDREN = PATHS.pid("runtime").with_name("runtime-children.json")
+STARTED = "=== objectflow runtime started"  # opens each process's log section
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 
 
@@ -106,11 +113,13 @@ class Supervisor:
         self.console = Console(highlight=False) if foreground else None
         self.stopping = asyncio.Event()
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.children: dict[str, dict[str, float | int | None]] = {}
         # Functions read the stack's settings; the caller's environment wins.
         self.env = {**read_env_file(PATHS), **os.environ, "PYTHONUNBUFFERED": "1"}
 
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
+        reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
         broker = Broker(routes(self.values), dead_letter)
         runner = await serve(broker, self.values.local.broker_port)
@@ -128,6 +137,7 @@ class Supervisor:
         for task in keepers:
             task.cancel()
         await runner.cleanup()
+        CHILDREN.unlink(missing_ok=True)
 
     async def _keep_running(self, component: Component, index: int) -> None:
         """Start `component`; when it exits, start it again after a growing pause."""
@@ -135,22 +145,25 @@ class Supervisor:
         with (LOGS / f"{component.name}.log").open("ab") as log_file:
             while not self.stopping.is_set():
                 started = time.monotonic()
-                process = await asyncio.create_subprocess_exec(
+                proc = await asyncio.create_subprocess_exec(
                     *component.command,
                     cwd=ROOT,
-                    env={**self.env, **component.env},
+                    env={**self.env, **component.env, "OBJECTFLOW_COMPONENT": component.name},
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=process.dies_with_parent(signal.SIGTERM),
                 )
-                self.processes[component.name] = process
+                self.processes[component.name] = proc
+                self._record(component, proc.pid)
+                log_file.write(f"\n{STARTED} {time.ctime()}: pid {proc.pid}\n".encode())
                 where = f" on {component.url}" if component.url else ""
-                self._say(component.name, f"started (pid {process.pid}){where}", index)
-                assert process.stdout is not None
-                async for line in process.stdout:
+                self._say(component.name, f"started (pid {proc.pid}){where}", index)
+                assert proc.stdout is not None
+                async for line in proc.stdout:
                     log_file.write(line)
                     log_file.flush()
                     self._say(component.name, line.decode(errors="replace").rstrip(), index)
-                code = await process.wait()
+                code = await proc.wait()
                 if self.stopping.is_set():
                     return
                 if time.monotonic() - started > 30:
@@ -160,17 +173,28 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), pause)
                 pause = min(pause * 2, 30)
 
+    def _record(self, component: Component, pid: int) -> None:
+        """Note a started child (pid, start time, port) where the next start and `status`
+        find it; written whole and renamed into place, so a reader never sees half of it."""
+        with contextlib.suppress(psutil.Error):
+            created = psutil.Process(pid).create_time()
+            self.children[component.name] = {"pid": pid, "created": created, "port": component.port}
+        CHILDREN.parent.mkdir(parents=True, exist_ok=True)
+        partial = CHILDREN.with_suffix(".tmp")
+        partial.write_text(json.dumps(self.children, indent=2) + "\n")
+        partial.replace(CHILDREN)
+
     async def _terminate(self) -> None:
         running = [p for p in self.processes.values() if p.returncode is None]
-        for process in running:
+        for proc in running:
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                proc.terminate()
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), 10)
         except TimeoutError:
-            for process in running:
+            for proc in running:
                 with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                    proc.kill()
 
     def _say(self, name: str, line: str, index: int) -> None:
         if self.console is not None:
@@ -178,6 +202,41 @@ class Supervisor:
             self.console.print(f"[{colour}]{name:>16} |[/] {escape(line)}", soft_wrap=True)
         else:
             log.info("%s | %s", name, line)
+
+
+def recorded_children() -> dict[str, dict[str, float | int | None]]:
+    """The children the last supervisor started (name -> pid, created, port); {} if none."""
+    try:
+        found: dict[str, dict[str, float | int | None]] = json.loads(CHILDREN.read_text())
+        return found
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def reap_leftovers() -> int:
+    """End what is still running of an earlier run's children (by recorded pid and start
+    time, never by name); return how many processes that was."""
+    records = [(int(c["pid"] or 0), float(c["created"] or 0)) for c in recorded_children().values()]
+    ended = process.reap(records)
+    CHILDREN.unlink(missing_ok=True)
+    return ended
+
+
+def check_ports_free(values: wiring.Values, overlays: Sequence[Path]) -> None:
+    """Refuse to start when a port of the runtime belongs to a process it did not start."""
+    wanted = [("broker", values.local.broker_port)]
+    wanted += [(c.name, c.port) for c in components(values, overlays) if c.port is not None]
+    taken = [
+        f"port {port} ({name}) is held by {holder}"
+        for name, port in wanted
+        if (holder := process.port_holder(port)) is not None
+    ]
+    if taken:
+        raise DevstackError(
+            "runtime: not starting, ports are in use by processes this checkout did not start:\n  "
+            + "\n  ".join(taken)
+            + "\nstop them, or move the runtime (local.broker-port, local-port in values)"
+        )
 
 
 def spec(overlays: Sequence[Path]) -> ServiceSpec:
@@ -194,11 +253,16 @@ def spec(overlays: Sequence[Path]) -> ServiceSpec:
 
 
 def wait_healthy(values: wiring.Values, overlays: Sequence[Path], timeout: float = 90) -> None:
-    """Block until every HTTP component answers GET /health (functions import slowly)."""
-    urls = [c.url for c in components(values, overlays) if c.url]
+    """Block until every HTTP component answers GET /health from the process this runtime
+    started (functions import slowly)."""
+    names = [c.name for c in components(values, overlays) if c.port is not None]
+
+    def states() -> dict[str, str]:
+        records = recorded_children()
+        return {name: health_state(name, records) for name in names}
 
     def all_healthy() -> bool:
-        return all(_healthy(url) for url in urls)
+        return all(state in ("up", "up (pid not reported)") for state in states().values())
 
     try:
         tenacity.Retrying(
@@ -207,17 +271,35 @@ def wait_healthy(values: wiring.Values, overlays: Sequence[Path], timeout: float
             retry=tenacity.retry_if_result(lambda ok: not ok),
         )(all_healthy)
     except tenacity.RetryError:
-        down = [url for url in urls if not _healthy(url)]
+        down = [f"{name}: {state}" for name, state in states().items() if state != "up"]
         raise DevstackError(
             f"runtime: not healthy after {timeout:.0f}s: {', '.join(down)}; see {LOGS}/"
         ) from None
 
 
-def _healthy(url: str) -> bool:
+def health_state(name: str, records: dict[str, dict[str, float | int | None]]) -> str:
+    """`up` when GET /health of component `name` is answered by the process the runtime
+    started for it (or a worker of it); else `down`, or who answers instead."""
+    record = records.get(name)
+    if record is None or record["port"] is None:
+        return "down"
     try:
-        return requests.get(f"{url}health", timeout=1).ok
+        answer = requests.get(f"http://{HOST}:{record['port']}/health", timeout=1)
+        pid = answer.json().get("pid") if answer.ok else None
     except requests.RequestException:
-        return False
+        return "down"
+    except ValueError:  # not JSON
+        pid = None
+    if not answer.ok:
+        return f"unhealthy ({answer.status_code})"
+    if pid is None:
+        return "up (pid not reported)"
+    ours = int(record["pid"] or 0)
+    try:
+        lineage = [pid, *(parent.pid for parent in psutil.Process(pid).parents())]
+    except psutil.Error:
+        lineage = [pid]
+    return "up" if ours in lineage else f"stale (pid {pid} answers, not ours)"
 
 
 def run(overlays: Sequence[Path], foreground: bool) -> None:

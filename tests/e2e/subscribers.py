@@ -28,8 +28,8 @@ CORE_ATTRIBUTES = {"id", "type", "source", "subject", "specversion", "time", "da
 
 @functions_framework.http
 def recorder(request: flask.Request) -> flask.Response:
-    if request.method == "GET":
-        return flask.Response("ok")
+    if request.method == "GET":  # /health, with the pid the local runtime checks
+        return flask.Response(json.dumps({"pid": os.getpid()}), mimetype="application/json")
     name = os.environ["K_SERVICE"]
     event = cehttp.decode(dict(request.headers), request.get_data())
     data = event.get_data() if isinstance(event.get_data(), dict) else {}
