@@ -92,6 +92,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         state = f"[green]{fn.state}" if fn.state == "up" else f"[red]{fn.state}"
         functions.add_row(fn.name, state, str(fn.port), str(fn.events), str(fn.errors))
     console.print(functions)
+    console.print(f"broker events pending: {stack.broker_pending()}")
     console.print(f"dead letters waiting: {stack.dead_letter_count()}")
 
 

@@ -282,6 +282,18 @@ def function_status() -> list[FunctionStatus]:
     return found
 
 
+def broker_pending() -> str:
+    """Events the local broker accepted and has not finished delivering (from its journal)."""
+    from devstack.runtime.journal import count_pending
+    from devstack.runtime.supervisor import JOURNAL
+
+    try:
+        pending = count_pending(JOURNAL)
+    except Exception as exc:  # status must print whatever state the file is in
+        return f"unknown ({type(exc).__name__})"
+    return "0 (no journal yet)" if pending is None else str(pending)
+
+
 def dead_letter_count() -> str:
     """Dead letters not yet re-driven, or why it is unknown."""
     from devstack.dlq import with_stack_settings

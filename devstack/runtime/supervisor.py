@@ -35,11 +35,13 @@ from devstack import process, wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
 from devstack.runtime.broker import Broker, routes, serve
+from devstack.runtime.journal import Journal
 from devstack.services import ServiceSpec
 
 log = logging.getLogger("objectflow.runtime")
 ROOT = wiring.ROOT
 LOGS = PATHS.state / "logs" / "runtime"
+JOURNAL = PATHS.data("runtime") / "broker-journal.sqlite"
 CHILDREN = PATHS.pid("runtime").with_name("runtime-children.json")
 STARTED = "=== objectflow runtime started"  # opens each process's log section
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
@@ -65,16 +67,21 @@ def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> C
     ]  # fmt: skip
     if served.kind == "http":
         command.append("--asgi")
-    return Component(name, command, {"K_SERVICE": name, **env}, port)
+    return Component(name, command, {"K_SERVICE": name, **env}, port)  # env may rename it
 
 
 def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Component]:
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
     ports = values.ports()
+    # A function with `scale` runs several processes: `<name>`, `<name>.2`, ... (K_SERVICE
+    # is the function's name in each).
     found = [
-        _serve(name, function, ports[name], function.env)
+        _serve(process, function, port, {"K_SERVICE": name, **function.env})
         for name, function in values.functions.items()
+        for process, port in zip(
+            process_names(name, function), values.process_ports()[name], strict=True
+        )
     ]
     # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.
     found += [
@@ -85,7 +92,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     if bridge.routes:
         routes_json = json.dumps([r.model_dump(by_alias=True) for r in bridge.routes])
         env = {
-            **sink,
+            **direct_sink(values, bridge.sink, sink),
             "OBJECTFLOW_MQTT_ROUTES": routes_json,
             "OBJECTFLOW_MQTT_CLIENT_ID": bridge.client_id,
         }
@@ -93,13 +100,29 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
             Component("mqtt-bridge", [sys.executable, "-m", "functions.sources.mqtt_bridge"], env)
         )
     values_args = [arg for path in overlays for arg in ("--values", str(path))]
-    for name in values.sources.kafka:
+    for name, source in values.sources.kafka.items():
         command = [sys.executable, "-m", "devstack.runtime.kafka_source", name, *values_args]
-        found.append(Component(f"kafka-source-{name}", command, sink))
+        found.append(
+            Component(f"kafka-source-{name}", command, direct_sink(values, source.sink, sink))
+        )
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
         found.append(Component("cron-ticker", command, sink))
     return found
+
+
+def process_names(name: str, function: wiring.Function) -> list[str]:
+    return [name] + [f"{name}.{n}" for n in range(2, function.scale.processes + 1)]
+
+
+def direct_sink(
+    values: wiring.Values, function: str | None, broker: dict[str, str]
+) -> dict[str, str]:
+    """K_SINK of a source: the function it names (its first process: scale-out across a
+    function's processes happens behind the broker), else the broker."""
+    if function is None:
+        return broker
+    return {"K_SINK": f"http://{HOST}:{values.ports()[function]}/"}
 
 
 def broker_url(values: wiring.Values) -> str:
@@ -121,10 +144,14 @@ class Supervisor:
         LOGS.mkdir(parents=True, exist_ok=True)
         reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
-        broker = Broker(routes(self.values), dead_letter)
+        broker = Broker(routes(self.values), dead_letter, journal=Journal(JOURNAL))
+        resumed = broker.resume()  # before the ingress opens: the oldest go first
         runner = await serve(broker, self.values.local.broker_port)
         self._say(
-            "broker", f"listening on {broker_url(self.values)} ({len(broker.table)} triggers)", 0
+            "broker",
+            f"listening on {broker_url(self.values)} ({len(broker.table)} triggers, "
+            f"{resumed} events resumed from {JOURNAL.name})",
+            0,
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -256,13 +283,15 @@ def wait_healthy(values: wiring.Values, overlays: Sequence[Path], timeout: float
     """Block until every HTTP component answers GET /health from the process this runtime
     started (functions import slowly)."""
     names = [c.name for c in components(values, overlays) if c.port is not None]
+    seen_up: set[str] = set()  # a busy process (resumed backlog) may miss a later probe
 
     def states() -> dict[str, str]:
         records = recorded_children()
-        return {name: health_state(name, records) for name in names}
+        return {name: health_state(name, records) for name in names if name not in seen_up}
 
     def all_healthy() -> bool:
-        return all(state in ("up", "up (pid not reported)") for state in states().values())
+        seen_up.update(n for n, s in states().items() if s in ("up", "up (pid not reported)"))
+        return seen_up == set(names)
 
     try:
         tenacity.Retrying(
