@@ -6,6 +6,8 @@ Imports stay light here: the objectflow CLI loads this module on every call.
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from bench import registry
@@ -36,7 +38,8 @@ def bench(
 
     chosen = registry.select(only or [], BENCHES)
     per_bench = registry.parse_settings(settings or [], chosen)
-    console = Console()
+    # A pipe, file or CI log is no terminal: rich would squeeze the tables to 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     ok = True
     for b in chosen:
         ok &= b.run(console, seconds=seconds, warmup=warmup, **per_bench[b.name])

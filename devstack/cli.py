@@ -67,14 +67,18 @@ def dev(values: Overlays = None) -> None:
     from devstack.runtime import supervisor
 
     stack.up(console, values or [], runtime=False)
-    stack.stop(stack.runtime_spec(), lambda _step: None)  # frees the ports of a background one
+    stack.stop_runtime(lambda _step: None)  # frees the ports of a background one
     supervisor.run(values or [], foreground=True)
 
 
 @app.command()
-def down() -> None:
+def down(
+    runtime_only: bool = typer.Option(
+        False, "--runtime-only", help="Stop only the local runtime; the services keep running."
+    ),
+) -> None:
     """Stop the processes `up` started (by pid file), gracefully, then by force."""
-    stack.down(console)
+    stack.down(console, runtime_only=runtime_only)
 
 
 @app.command()
@@ -94,6 +98,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         state = f"[green]{fn.state}" if fn.state == "up" else f"[red]{fn.state}"
         functions.add_row(fn.name, state, str(fn.port), str(fn.events), str(fn.errors))
     console.print(functions)
+    console.print(f"broker events pending: {stack.broker_pending()}")
     console.print(f"dead letters waiting: {stack.dead_letter_count()}")
 
 

@@ -6,12 +6,14 @@ is known only by `run/<name>.pid`: nothing is ever found or killed by name.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from pathlib import Path
 
@@ -51,6 +53,56 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return int(s.getsockname()[1])
+
+
+def port_holder(port: int) -> str | None:
+    """Who listens on 127.0.0.1:`port` ("pid 123 (python -m x)"), or None if nobody does."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+            if conn.pid is None:
+                return "a process of another user"
+            with suppress(psutil.Error):
+                return f"pid {conn.pid} ({shlex.join(psutil.Process(conn.pid).cmdline())[:120]})"
+            return f"pid {conn.pid}"
+    return None
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def dies_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None]:
+    """A `preexec_fn` asking Linux to send the child `signum` when the process that spawned it
+    dies, however it dies (SIGKILL included), so no child outlives its supervisor."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signum)
+
+    return preexec
+
+
+def reap(records: Iterable[tuple[int, float]], timeout: float = 10.0) -> int:
+    """End the processes recorded as (pid, create_time) that still run, with their descendants:
+    SIGTERM, then SIGKILL after `timeout`. A recycled pid (another create time) is left alone.
+    Returns how many processes were ended."""
+    victims: list[psutil.Process] = []
+    for pid, created in records:
+        with suppress(psutil.Error):
+            proc = psutil.Process(pid)
+            if abs(proc.create_time() - created) < 0.01:
+                victims += [proc, *proc.children(recursive=True)]
+    for proc in victims:
+        with suppress(psutil.Error):
+            proc.terminate()
+    _, still = psutil.wait_procs(victims, timeout=timeout)
+    for proc in still:
+        with suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(still, timeout=5)
+    return len(victims)
 
 
 def our_pid(spec: ServiceSpec, paths: Paths = PATHS) -> int | None:

@@ -128,6 +128,11 @@ def start_runtime(overlays: Sequence[Path], step: Step) -> str:
     ):
         step("restarting: values or code changed")
         process.stop(spec)
+    if process.our_pid(spec) is None:
+        # Children of a runtime that died without stopping them (SIGKILL), then anyone else's.
+        if supervisor.reap_leftovers():
+            step("stopped what an earlier run left behind")
+        supervisor.check_ports_free(values, overlays)
     done = bring_up(spec, step)
     recorded.write_text(wanted)
     write_runtime_endpoints(values, overlays)
@@ -192,10 +197,20 @@ def stop(spec: ServiceSpec, step: Step) -> str:
     return "stopped" if process.stop(spec) else "was not running"
 
 
-def down(console: Console) -> None:
+def stop_runtime(step: Step) -> str:
+    """Stop the runtime, then whatever of its children outlived it (by recorded pid)."""
+    from devstack.runtime import supervisor
+
+    done = stop(runtime_spec(), step)
+    left = supervisor.reap_leftovers()
+    return f"{done}; ended {left} leftover processes" if left else done
+
+
+def down(console: Console, runtime_only: bool = False) -> None:
     """Stop the runtime first (its functions use the services), then every service."""
-    run_rows(console, {"runtime": partial(stop, runtime_spec())})
-    run_rows(console, {name: partial(stop, spec) for name, spec in specs().items()})
+    run_rows(console, {"runtime": stop_runtime})
+    if not runtime_only:
+        run_rows(console, {name: partial(stop, spec) for name, spec in specs().items()})
 
 
 def runtime_spec() -> ServiceSpec:
@@ -236,30 +251,47 @@ class FunctionStatus:
 
 
 def function_status() -> list[FunctionStatus]:
-    """Each HTTP component of the runtime: up/down and its event counters (from /metrics)."""
+    """Each HTTP process the runtime started: up (answered by that very process) or not, and
+    its event counters (from /metrics)."""
     import requests
     from prometheus_client.parser import text_string_to_metric_families
 
-    from devstack.runtime.supervisor import components
+    from devstack.runtime.supervisor import components, health_state, recorded_children
 
+    records = recorded_children()
+    # What runs (it may run overlays), else what values.yaml declares, shown down.
+    ports = {c.name: c.port for c in components(wiring.default()) if c.port is not None}
+    ports |= {name: record["port"] for name, record in records.items()}
     found = []
-    for component in components(wiring.default()):
-        if component.port is None:
+    for name, port in ports.items():
+        if port is None:
             continue
+        state = health_state(name, records)
         events = errors = 0
         try:
-            text = requests.get(f"{component.url}metrics", timeout=1).text
-            state = "up"
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
         except requests.RequestException:
-            text, state = "", "down"
+            text = ""
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == "objectflow_events_total":
                     events += int(sample.value)
                 elif sample.name == "objectflow_errors_total":
                     errors += int(sample.value)
-        found.append(FunctionStatus(component.name, state, component.port, events, errors))
+        found.append(FunctionStatus(name, state, int(port), events, errors))
     return found
+
+
+def broker_pending() -> str:
+    """Events the local broker accepted and has not finished delivering (from its journal)."""
+    from devstack.runtime.journal import count_pending
+    from devstack.runtime.supervisor import JOURNAL
+
+    try:
+        pending = count_pending(JOURNAL)
+    except Exception as exc:  # status must print whatever state the file is in
+        return f"unknown ({type(exc).__name__})"
+    return "0 (no journal yet)" if pending is None else str(pending)
 
 
 def dead_letter_count() -> str:

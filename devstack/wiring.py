@@ -263,12 +263,47 @@ class Platform(Model):
     )
 
 
+class Scale(Model):
+    """How many processes of a function run, honoured by both engines: the chart maps `min`
+    and `max` to Knative's min-scale/max-scale annotations and `concurrency` to
+    containerConcurrency; the local runtime runs `max` processes (else `min`, at least one)
+    behind the broker, which gives each at most `concurrency` deliveries at once."""
+
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=1)
+    concurrency: int | None = Field(default=None, ge=0, le=1000, description="0: unlimited")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"scale.min ({self.min}) is above scale.max ({self.max})")
+        return self
+
+    @property
+    def processes(self) -> int:
+        return max(1, self.max or self.min or 1)
+
+
 class Function(Serve):
     triggers: list[Trigger] = []
     env: dict[str, str] = {}
     touches: list[str] = Field(default=[], description="State it reads or writes (for the docs)")
+    scale: Scale = Scale()
     scaling: ScalingOverride = ScalingOverride()
     resources: Resources | None = Field(default=None, description="Replaces the default")
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> Function:
+        pairs = [
+            ("min", "min_scale"),
+            ("max", "max_scale"),
+            ("concurrency", "container_concurrency"),
+        ]
+        both = [k for k, twin in pairs if getattr(self.scale, k) is not None
+                and getattr(self.scaling, twin) is not None]  # fmt: skip
+        if both:
+            raise ValueError(f"scale.{both[0]} and its `scaling` twin are both set; keep `scale`")
+        return self
 
 
 class Schedule(Model):
@@ -309,10 +344,14 @@ class MinioSource(Model):
     buckets: list[MinioBucket] = []
 
 
+SINK_HELP = "A function to send to directly (a Knative Service sink); empty: the broker"
+
+
 class KafkaSource(Model):
     topics: list[str] = Field(min_length=1)
     consumer_group: str
     initial_offset: Literal["earliest", "latest"] = "earliest"
+    sink: str | None = Field(default=None, pattern=NAME, description=SINK_HELP)
 
 
 class Sources(Model):
@@ -489,6 +528,11 @@ class Values(Model):
                         f"functions.{name}.triggers.{trigger.name}: dead-letter is on but "
                         "platform.dead-letter is not declared"
                     )
+        sinks = {"sources.mqtt-bridge": self.sources.mqtt_bridge.sink}
+        sinks |= {f"sources.kafka.{n}": source.sink for n, source in self.sources.kafka.items()}
+        for where, sink in sinks.items():
+            if sink is not None and sink not in self.functions:
+                raise ValueError(f"{where}.sink: {sink!r} is not a key of `functions`")
         if self.sources.minio.buckets and self.platform.minio_webhook is None:
             raise ValueError("sources.minio.buckets needs platform.minio-webhook")
         platform = set(self.platform_components())
@@ -538,23 +582,35 @@ class Values(Model):
     def ports(self) -> dict[str, int]:
         """Local port of every served component: its `local-port`, or one derived from its name
         (stable: adding or reordering functions moves no other port)."""
-        ports: dict[str, int] = {}
+        return {name: ports[0] for name, ports in self.process_ports().items()}
+
+    def process_ports(self) -> dict[str, list[int]]:
+        """Local ports of every served component's processes: the first at its port, the
+        others (`scale`) at ports derived from `<name>.<n>`, checked for collisions alike."""
+        ports: dict[str, list[int]] = {}
         taken = {self.local.broker_port: "local.broker-port"}
         candidates = {**self.functions}
         if self.platform.dead_letter is not None:
             candidates["dead-letter"] = self.platform.dead_letter
         if self.platform.minio_webhook is not None:
             candidates["minio-webhook"] = self.platform.minio_webhook
+
+        def derived(process: str) -> int:
+            return self.local.function_port_base + zlib.crc32(process.encode()) % PORT_SPAN
+
         for name, served in candidates.items():
-            derived = self.local.function_port_base + zlib.crc32(name.encode()) % PORT_SPAN
-            port = served.local_port or derived
-            if port in taken:
-                raise ValueError(
-                    f"local port {port} of {name} is also the port of {taken[port]}; "
-                    f"declare `local-port` on one of them"
-                )
-            taken[port] = name
-            ports[name] = port
+            count = served.scale.processes if isinstance(served, Function) else 1
+            wanted_ports = [(name, served.local_port or derived(name))]
+            wanted_ports += [(f"{name}.{n}", derived(f"{name}.{n}")) for n in range(2, count + 1)]
+            ports[name] = []
+            for process, wanted in wanted_ports:
+                if wanted in taken:
+                    raise ValueError(
+                        f"local port {wanted} of {process} is also the port of {taken[wanted]}; "
+                        f"declare `local-port` on one of them"
+                    )
+                taken[wanted] = process
+                ports[name].append(wanted)
         return ports
 
     def function_ports(self) -> dict[str, int]:

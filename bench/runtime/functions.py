@@ -11,6 +11,7 @@ objectflow imports: this is the baseline.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import flask
@@ -34,7 +35,7 @@ async def sink(request: Request) -> Response | str:
         if request.query_params.get("clear"):
             _samples.clear()
         return Response(body, media_type="application/json")
-    return "ok"  # GET /health and anything else
+    return Response(json.dumps({"pid": os.getpid()}))  # GET /health (the runtime checks pid)
 
 
 @functions_framework.http

@@ -1,7 +1,10 @@
 """The local broker: Knative Broker + Trigger semantics on one machine.
 
 Ingress (POST /) takes binary or structured CloudEvents and answers 202 once the event is
-routed, 400 with a reason when the request is not a CloudEvent. Each event goes, concurrently,
+recorded in the journal on local disk (`journal.py`; at-least-once, as Knative's Kafka broker),
+400 with a reason when the request is not a CloudEvent, 503 when the journal cannot be written.
+An event leaves the journal when every matching trigger has acked or dead-lettered it, and a
+broker that starts resumes delivering whatever is still there. Each event goes, concurrently,
 to every trigger whose filters match. A delivery is acknowledged by 2xx (a reply CloudEvent in
 the response re-enters the broker); 400/413/415/422 and other 4xx go to the dead-letter sink at
 once; 408, 429, 5xx and connection errors are retried with the trigger's backoff plus jitter,
@@ -13,8 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import os
 import random
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from devstack import wiring
+from devstack.runtime.journal import Journal
 from functions.runtime import cehttp
 
 log = logging.getLogger("objectflow.broker")
@@ -56,18 +63,94 @@ class Route:
 
     trigger: wiring.Trigger
     function: str
-    url: str
+    url: str  # the function's (first) process
     delivery: wiring.Delivery
+    processes: tuple[str, ...] = ()  # every process's URL when `scale` runs several
+    concurrency: int = 0  # deliveries one process gets at once; 0: unlimited
 
 
 def routes(values: wiring.Values) -> list[Route]:
     """The routing table the local runtime derives from the diagram (schedule triggers spelt
     out as their ping filter in values' `namespace`)."""
-    ports = values.function_ports()
-    return [
-        Route(trigger, name, f"http://{HOST}:{ports[name]}/", values.delivery_for(trigger))
-        for name, trigger in values.routed_triggers()
-    ]
+    ports = values.process_ports()
+    table = []
+    for name, trigger in values.routed_triggers():
+        urls = tuple(f"http://{HOST}:{port}/" for port in ports[name])
+        scale = values.functions[name].scale
+        delivery = values.delivery_for(trigger)
+        table.append(Route(trigger, name, urls[0], delivery, urls, scale.concurrency or 0))
+    return table
+
+
+class Processes:
+    """The processes of one function, as Knative's activator sees a Service's pods: a delivery
+    waits until a process is ready (answered GET /health; the broker may start before the
+    functions do) and goes to the least busy one, round-robin among equals, at most
+    `concurrency` at once per process."""
+
+    def __init__(self, urls: tuple[str, ...], concurrency: int) -> None:
+        self.urls = urls
+        self.concurrency = concurrency
+        self.busy = dict.fromkeys(urls, 0)
+        self._ready: dict[str, asyncio.Event] = {url: asyncio.Event() for url in urls}
+        self._probing: set[str] = set()
+        self._probes: set[asyncio.Task[None]] = set()
+        self._freed = asyncio.Condition()
+        self._next = 0
+
+    async def acquire(self, session: aiohttp.ClientSession, within: float) -> str:
+        """A ready process with room (waiting up to `within` s for one; then any process)."""
+        deadline = time.monotonic() + within
+        async with self._freed:
+            while True:
+                ready = [url for url in self.urls if self._ready[url].is_set()]
+                for url in self.urls:
+                    if not self._ready[url].is_set():
+                        self._probe(session, url)
+                room = [u for u in ready if not self.concurrency or self.busy[u] < self.concurrency]
+                left = deadline - time.monotonic()
+                if room or left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._freed.wait(), min(left, 0.1))
+            candidates = room or list(self.urls)
+            start = self._next % len(candidates)
+            self._next += 1
+            order = candidates[start:] + candidates[:start]
+            url = min(order, key=lambda u: self.busy[u])
+            self.busy[url] += 1
+            return url
+
+    async def release(self, url: str, reachable: bool) -> None:
+        self.busy[url] -= 1
+        if not reachable:  # restarting, say: wait for its /health again
+            self._ready[url].clear()
+        async with self._freed:
+            self._freed.notify_all()
+
+    def _probe(self, session: aiohttp.ClientSession, url: str) -> None:
+        if url in self._probing:
+            return
+        self._probing.add(url)
+
+        async def probe() -> None:
+            try:
+                while True:
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        timeout = aiohttp.ClientTimeout(total=1)
+                        async with session.get(f"{url}health", timeout=timeout) as answer:
+                            if answer.status < 500:
+                                break
+                    await asyncio.sleep(0.2)
+                self._ready[url].set()
+                async with self._freed:
+                    self._freed.notify_all()
+            finally:
+                self._probing.discard(url)
+
+        task = asyncio.get_running_loop().create_task(probe())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
 
 
 @dataclass
@@ -129,13 +212,16 @@ class Broker:
         table: Iterable[Route],
         dead_letter_url: str | None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        journal: Journal | None = None,
     ) -> None:
         self.table = list(table)
         self.dead_letter_url = dead_letter_url
+        self.journal = journal  # None: in memory only (unit tests)
         self._sleep = sleep  # the waits between retries go through it (tests record them)
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._ordered = _SubjectLocks()
+        self._processes: dict[str, Processes] = {}  # per function
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -149,39 +235,76 @@ class Broker:
             task.cancel()
         if self._session is not None:
             await self._session.close()
+        if self.journal is not None:
+            await self.journal.close()
 
-    def ingest(self, event: CloudEvent) -> int:
-        """Start delivering `event` to every matching trigger; return how many matched."""
+    def resume(self) -> int:
+        """Start delivering what the journal holds from an earlier run, oldest first (so the
+        order per ordered key holds); return how many events that is."""
+        if self.journal is None:
+            return 0
+        by_trigger = {route.trigger.name: route for route in self.table}
+        pending = self.journal.resume()
+        for entry in pending:
+            event = cehttp.decode(*entry.wire)
+            for name in entry.triggers:
+                route = by_trigger.get(name)
+                if route is None:
+                    log.warning("trigger gone from the values; dropping its pending delivery",
+                                extra={"trigger": name, "event_id": event["id"]})  # fmt: skip
+                    self.journal.done(entry.seq, name)
+                    continue
+                self._start(route, event, entry.wire, entry.seq)
+        return len(pending)
+
+    async def ingest(self, event: CloudEvent) -> int:
+        """Record `event` and deliver it to every matching trigger; return how many matched.
+
+        Returns once the record is on disk; delivery starts at once, beside the fsync."""
         attributes = event.get_attributes()
         matched = [route for route in self.table if route.trigger.matches(attributes)]
-        received = time.perf_counter()
-        wire = cehttp.encode(event)  # serialised once, sent to every matching trigger
-        for route in matched:
-            delivery = self._deliver(route, event, wire, received)
-            task = asyncio.get_running_loop().create_task(delivery)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
         if not matched:
             log.info("no trigger matches", extra={"event_id": event["id"], "type": event["type"]})
+            return 0
+        wire = cehttp.encode(event)  # serialised once, sent to every matching trigger
+        seq, recorded = None, None
+        if self.journal is not None:
+            seq, recorded = self.journal.append(wire, [route.trigger.name for route in matched])
+        for route in matched:
+            self._start(route, event, wire, seq)
+        if recorded is not None:
+            await recorded
         return len(matched)
 
-    async def _deliver(self, route: Route, event: CloudEvent, wire: Wire, received: float) -> None:
+    def _start(self, route: Route, event: CloudEvent, wire: Wire, seq: int | None) -> None:
+        delivery = self._deliver(route, event, wire, time.perf_counter(), seq)
+        task = asyncio.get_running_loop().create_task(delivery)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(
+        self, route: Route, event: CloudEvent, wire: Wire, received: float, seq: int | None
+    ) -> None:
         # Ordered triggers serialise per partition key (as the Kafka broker partitions by
         # `partitionkey`; KafkaSource sets it to the record key), else per subject.
         key = event.get("partitionkey") or event.get("subject")
         if route.trigger.ordered and key is not None:
             async with self._ordered.hold((route.trigger.name, str(key))):
-                await self._deliver_now(route, event, wire, received)
+                settled = await self._deliver_now(route, event, wire, received)
         else:
-            await self._deliver_now(route, event, wire, received)
+            settled = await self._deliver_now(route, event, wire, received)
+        if settled and seq is not None and self.journal is not None:
+            self.journal.done(seq, route.trigger.name)
 
     async def _deliver_now(
         self, route: Route, event: CloudEvent, wire: Wire, received: float
-    ) -> None:
+    ) -> bool:
+        """Deliver with retries, then dead-letter; False if even the dead-letter sink could not
+        take it (the event then stays in the journal for the next start)."""
         name = route.trigger.name
         first_attempt = _now()
         timeout = route.delivery.timeout_seconds
-        result = await self._send(route.url, wire, timeout)
+        result = await self._post(route, wire, timeout)
         attempts = 1
         if not result.ok and result.retryable and route.delivery.retry > 0:
             # Only a failed first attempt pays for a retry loop; tenacity replays that attempt
@@ -194,7 +317,7 @@ class Broker:
                     return made.pop()
                 DELIVERIES.labels(name, "retry").inc()
                 attempts += 1
-                return await self._send(route.url, wire, timeout)
+                return await self._post(route, wire, timeout)
 
             result = await tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
@@ -208,8 +331,8 @@ class Broker:
             DELIVERIES.labels(name, "ok").inc()
             reply = _reply(result)
             if reply is not None:
-                self.ingest(reply)
-            return
+                await self.ingest(reply)  # recorded before the original counts as done
+            return True
         log.warning(
             "delivery failed, dead-lettering",
             extra={"trigger": name, "event_id": event["id"], "status": result.status,
@@ -217,8 +340,24 @@ class Broker:
         )  # fmt: skip
         if not route.delivery.dead_letter or self.dead_letter_url is None:
             DELIVERIES.labels(name, "dropped").inc()
-            return
-        await self._dead_letter(route, event, result, attempts, first_attempt)
+            return True
+        return await self._dead_letter(route, event, result, attempts, first_attempt)
+
+    async def _post(self, route: Route, wire: Wire, timeout: float) -> Attempt:
+        """One delivery attempt to the function of `route`, at one of its processes."""
+        if not route.processes:  # a bare route (unit tests): no readiness, no balancing
+            return await self._send(route.url, wire, timeout)
+        processes = self._processes.get(route.function)
+        if processes is None:
+            processes = Processes(route.processes, route.concurrency)
+            self._processes[route.function] = processes
+        url = await processes.acquire(self.session, within=timeout)
+        result = Attempt(status=None)
+        try:
+            result = await self._send(url, wire, timeout)
+        finally:
+            await processes.release(url, reachable=result.status is not None)
+        return result
 
     async def _send(self, url: str, wire: Wire, timeout: float) -> Attempt:
         headers, body = wire
@@ -232,7 +371,7 @@ class Broker:
 
     async def _dead_letter(
         self, route: Route, event: CloudEvent, result: Attempt, attempts: int, first: str
-    ) -> None:
+    ) -> bool:
         body = result.body or result.error.encode()
         attributes = {
             **event.get_attributes(),
@@ -257,12 +396,13 @@ class Broker:
         )
         if stored is not None and stored.ok:
             DELIVERIES.labels(route.trigger.name, "dead-lettered").inc()
-        else:
-            DELIVERIES.labels(route.trigger.name, "dropped").inc()
-            log.error(
-                "dead-letter sink unavailable; event dropped",
-                extra={"trigger": route.trigger.name, "event_id": event["id"]},
-            )
+            return True
+        DELIVERIES.labels(route.trigger.name, "dropped").inc()
+        log.error(
+            "dead-letter sink unavailable; the event stays in the journal until the next start",
+            extra={"trigger": route.trigger.name, "event_id": event["id"]},
+        )
+        return False
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -283,12 +423,21 @@ class Broker:
             INGRESS.labels("rejected").inc()
             reason = {"error": "bad-event", "detail": f"not a valid CloudEvent: {exc}"}
             return web.json_response(reason, status=400)
+        try:
+            await self.ingest(event)
+        except sqlite3.Error as exc:
+            INGRESS.labels("unavailable").inc()
+            log.error("journal write failed", extra={"error": str(exc)})
+            reason = {"error": "journal-unavailable", "detail": f"event not recorded: {exc}"}
+            return web.json_response(reason, status=503, headers={"Retry-After": "1"})
         INGRESS.labels("accepted").inc()
-        self.ingest(event)
         return web.Response(status=202)
 
     async def _health(self, _request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "routes": len(self.table)})
+        pending = self.journal.pending if self.journal is not None else 0
+        return web.json_response(
+            {"status": "ok", "routes": len(self.table), "pending": pending, "pid": os.getpid()}
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -5,6 +5,10 @@ dead-letter store, the MinIO webhook adapter, the MQTT bridge, the Kafka sources
 ticker run as processes too, all pointed at the broker (`K_SINK`). A process that dies is
 restarted with backoff. Output goes to `.devstack/logs/runtime/<name>.log`, and, in the
 foreground (`make dev`), interleaved on the terminal with a coloured prefix per process.
+
+No child outlives the supervisor: each asks Linux for SIGTERM when its parent dies (however it
+dies), and every child's pid is recorded in `.devstack/run/runtime-children.json`, so the next
+start (or `objectflow down`) ends whatever is still left of an earlier run, by pid.
 """
 
 from __future__ import annotations
@@ -21,20 +25,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import requests
 import tenacity
 from rich.console import Console
 from rich.markup import escape
 
-from devstack import wiring
+from devstack import process, wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
 from devstack.runtime.broker import Broker, routes, serve
+from devstack.runtime.journal import Journal
 from devstack.services import ServiceSpec
 
 log = logging.getLogger("objectflow.runtime")
 ROOT = wiring.ROOT
 LOGS = PATHS.state / "logs" / "runtime"
+JOURNAL = PATHS.data("runtime") / "broker-journal.sqlite"
+CHILDREN = PATHS.pid("runtime").with_name("runtime-children.json")
+STARTED = "=== objectflow runtime started"  # opens each process's log section
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_cyan", "bright_magenta")
 
 
@@ -58,16 +67,21 @@ def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> C
     ]  # fmt: skip
     if served.kind == "http":
         command.append("--asgi")
-    return Component(name, command, {"K_SERVICE": name, **env}, port)
+    return Component(name, command, {"K_SERVICE": name, **env}, port)  # env may rename it
 
 
 def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Component]:
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
     ports = values.ports()
+    # A function with `scale` runs several processes: `<name>`, `<name>.2`, ... (K_SERVICE
+    # is the function's name in each).
     found = [
-        _serve(name, function, ports[name], function.env)
+        _serve(process, function, port, {"K_SERVICE": name, **function.env})
         for name, function in values.functions.items()
+        for process, port in zip(
+            process_names(name, function), values.process_ports()[name], strict=True
+        )
     ]
     # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.
     found += [
@@ -78,7 +92,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     if bridge.routes:
         routes_json = json.dumps([r.model_dump(by_alias=True) for r in bridge.routes])
         env = {
-            **sink,
+            **direct_sink(values, bridge.sink, sink),
             "OBJECTFLOW_MQTT_ROUTES": routes_json,
             "OBJECTFLOW_MQTT_CLIENT_ID": bridge.client_id,
         }
@@ -86,13 +100,29 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
             Component("mqtt-bridge", [sys.executable, "-m", "functions.sources.mqtt_bridge"], env)
         )
     values_args = [arg for path in overlays for arg in ("--values", str(path))]
-    for name in values.sources.kafka:
+    for name, source in values.sources.kafka.items():
         command = [sys.executable, "-m", "devstack.runtime.kafka_source", name, *values_args]
-        found.append(Component(f"kafka-source-{name}", command, sink))
+        found.append(
+            Component(f"kafka-source-{name}", command, direct_sink(values, source.sink, sink))
+        )
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
         found.append(Component("cron-ticker", command, sink))
     return found
+
+
+def process_names(name: str, function: wiring.Function) -> list[str]:
+    return [name] + [f"{name}.{n}" for n in range(2, function.scale.processes + 1)]
+
+
+def direct_sink(
+    values: wiring.Values, function: str | None, broker: dict[str, str]
+) -> dict[str, str]:
+    """K_SINK of a source: the function it names (its first process: scale-out across a
+    function's processes happens behind the broker), else the broker."""
+    if function is None:
+        return broker
+    return {"K_SINK": f"http://{HOST}:{values.ports()[function]}/"}
 
 
 def broker_url(values: wiring.Values) -> str:
@@ -106,16 +136,22 @@ class Supervisor:
         self.console = Console(highlight=False) if foreground else None
         self.stopping = asyncio.Event()
         self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.children: dict[str, dict[str, float | int | None]] = {}
         # Functions read the stack's settings; the caller's environment wins.
         self.env = {**read_env_file(PATHS), **os.environ, "PYTHONUNBUFFERED": "1"}
 
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
+        reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
-        broker = Broker(routes(self.values), dead_letter)
+        broker = Broker(routes(self.values), dead_letter, journal=Journal(JOURNAL))
+        resumed = broker.resume()  # before the ingress opens: the oldest go first
         runner = await serve(broker, self.values.local.broker_port)
         self._say(
-            "broker", f"listening on {broker_url(self.values)} ({len(broker.table)} triggers)", 0
+            "broker",
+            f"listening on {broker_url(self.values)} ({len(broker.table)} triggers, "
+            f"{resumed} events resumed from {JOURNAL.name})",
+            0,
         )
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -128,6 +164,7 @@ class Supervisor:
         for task in keepers:
             task.cancel()
         await runner.cleanup()
+        CHILDREN.unlink(missing_ok=True)
 
     async def _keep_running(self, component: Component, index: int) -> None:
         """Start `component`; when it exits, start it again after a growing pause."""
@@ -135,22 +172,25 @@ class Supervisor:
         with (LOGS / f"{component.name}.log").open("ab") as log_file:
             while not self.stopping.is_set():
                 started = time.monotonic()
-                process = await asyncio.create_subprocess_exec(
+                proc = await asyncio.create_subprocess_exec(
                     *component.command,
                     cwd=ROOT,
-                    env={**self.env, **component.env},
+                    env={**self.env, **component.env, "OBJECTFLOW_COMPONENT": component.name},
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=process.dies_with_parent(signal.SIGTERM),
                 )
-                self.processes[component.name] = process
+                self.processes[component.name] = proc
+                self._record(component, proc.pid)
+                log_file.write(f"\n{STARTED} {time.ctime()}: pid {proc.pid}\n".encode())
                 where = f" on {component.url}" if component.url else ""
-                self._say(component.name, f"started (pid {process.pid}){where}", index)
-                assert process.stdout is not None
-                async for line in process.stdout:
+                self._say(component.name, f"started (pid {proc.pid}){where}", index)
+                assert proc.stdout is not None
+                async for line in proc.stdout:
                     log_file.write(line)
                     log_file.flush()
                     self._say(component.name, line.decode(errors="replace").rstrip(), index)
-                code = await process.wait()
+                code = await proc.wait()
                 if self.stopping.is_set():
                     return
                 if time.monotonic() - started > 30:
@@ -160,17 +200,28 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), pause)
                 pause = min(pause * 2, 30)
 
+    def _record(self, component: Component, pid: int) -> None:
+        """Note a started child (pid, start time, port) where the next start and `status`
+        find it; written whole and renamed into place, so a reader never sees half of it."""
+        with contextlib.suppress(psutil.Error):
+            created = psutil.Process(pid).create_time()
+            self.children[component.name] = {"pid": pid, "created": created, "port": component.port}
+        CHILDREN.parent.mkdir(parents=True, exist_ok=True)
+        partial = CHILDREN.with_suffix(".tmp")
+        partial.write_text(json.dumps(self.children, indent=2) + "\n")
+        partial.replace(CHILDREN)
+
     async def _terminate(self) -> None:
         running = [p for p in self.processes.values() if p.returncode is None]
-        for process in running:
+        for proc in running:
             with contextlib.suppress(ProcessLookupError):
-                process.terminate()
+                proc.terminate()
         try:
             await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), 10)
         except TimeoutError:
-            for process in running:
+            for proc in running:
                 with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+                    proc.kill()
 
     def _say(self, name: str, line: str, index: int) -> None:
         if self.console is not None:
@@ -178,6 +229,41 @@ class Supervisor:
             self.console.print(f"[{colour}]{name:>16} |[/] {escape(line)}", soft_wrap=True)
         else:
             log.info("%s | %s", name, line)
+
+
+def recorded_children() -> dict[str, dict[str, float | int | None]]:
+    """The children the last supervisor started (name -> pid, created, port); {} if none."""
+    try:
+        found: dict[str, dict[str, float | int | None]] = json.loads(CHILDREN.read_text())
+        return found
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def reap_leftovers() -> int:
+    """End what is still running of an earlier run's children (by recorded pid and start
+    time, never by name); return how many processes that was."""
+    records = [(int(c["pid"] or 0), float(c["created"] or 0)) for c in recorded_children().values()]
+    ended = process.reap(records)
+    CHILDREN.unlink(missing_ok=True)
+    return ended
+
+
+def check_ports_free(values: wiring.Values, overlays: Sequence[Path]) -> None:
+    """Refuse to start when a port of the runtime belongs to a process it did not start."""
+    wanted = [("broker", values.local.broker_port)]
+    wanted += [(c.name, c.port) for c in components(values, overlays) if c.port is not None]
+    taken = [
+        f"port {port} ({name}) is held by {holder}"
+        for name, port in wanted
+        if (holder := process.port_holder(port)) is not None
+    ]
+    if taken:
+        raise DevstackError(
+            "runtime: not starting, ports are in use by processes this checkout did not start:\n  "
+            + "\n  ".join(taken)
+            + "\nstop them, or move the runtime (local.broker-port, local-port in values)"
+        )
 
 
 def spec(overlays: Sequence[Path]) -> ServiceSpec:
@@ -194,11 +280,18 @@ def spec(overlays: Sequence[Path]) -> ServiceSpec:
 
 
 def wait_healthy(values: wiring.Values, overlays: Sequence[Path], timeout: float = 90) -> None:
-    """Block until every HTTP component answers GET /health (functions import slowly)."""
-    urls = [c.url for c in components(values, overlays) if c.url]
+    """Block until every HTTP component answers GET /health from the process this runtime
+    started (functions import slowly)."""
+    names = [c.name for c in components(values, overlays) if c.port is not None]
+    seen_up: set[str] = set()  # a busy process (resumed backlog) may miss a later probe
+
+    def states() -> dict[str, str]:
+        records = recorded_children()
+        return {name: health_state(name, records) for name in names if name not in seen_up}
 
     def all_healthy() -> bool:
-        return all(_healthy(url) for url in urls)
+        seen_up.update(n for n, s in states().items() if s in ("up", "up (pid not reported)"))
+        return seen_up == set(names)
 
     try:
         tenacity.Retrying(
@@ -207,17 +300,35 @@ def wait_healthy(values: wiring.Values, overlays: Sequence[Path], timeout: float
             retry=tenacity.retry_if_result(lambda ok: not ok),
         )(all_healthy)
     except tenacity.RetryError:
-        down = [url for url in urls if not _healthy(url)]
+        down = [f"{name}: {state}" for name, state in states().items() if state != "up"]
         raise DevstackError(
             f"runtime: not healthy after {timeout:.0f}s: {', '.join(down)}; see {LOGS}/"
         ) from None
 
 
-def _healthy(url: str) -> bool:
+def health_state(name: str, records: dict[str, dict[str, float | int | None]]) -> str:
+    """`up` when GET /health of component `name` is answered by the process the runtime
+    started for it (or a worker of it); else `down`, or who answers instead."""
+    record = records.get(name)
+    if record is None or record["port"] is None:
+        return "down"
     try:
-        return requests.get(f"{url}health", timeout=1).ok
+        answer = requests.get(f"http://{HOST}:{record['port']}/health", timeout=1)
+        pid = answer.json().get("pid") if answer.ok else None
     except requests.RequestException:
-        return False
+        return "down"
+    except ValueError:  # not JSON
+        pid = None
+    if not answer.ok:
+        return f"unhealthy ({answer.status_code})"
+    if pid is None:
+        return "up (pid not reported)"
+    ours = int(record["pid"] or 0)
+    try:
+        lineage = [pid, *(parent.pid for parent in psutil.Process(pid).parents())]
+    except psutil.Error:
+        lineage = [pid]
+    return "up" if ours in lineage else f"stale (pid {pid} answers, not ours)"
 
 
 def run(overlays: Sequence[Path], foreground: bool) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -105,7 +106,8 @@ def cloudevent_function(
 def answer_get(name: str, path: str) -> flask.Response:
     """GET /health and GET /metrics, which every function serves."""
     if path in ("/health", "/healthz", "/readyz"):
-        return _json(200, {"status": "ok", "function": name, "ts": now()})
+        # pid: lets the local runtime tell its own server from a stale one on the same port
+        return _json(200, {"status": "ok", "function": name, "pid": os.getpid(), "ts": now()})
     if path == "/metrics":
         return flask.Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
     return _json(404, {"error": "not-found", "detail": f"no GET {path}; try /health or /metrics"})

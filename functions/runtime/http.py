@@ -23,6 +23,7 @@ target hands each request to the app untouched, so Knative and the local runtime
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -88,8 +89,8 @@ class HttpFunction(FastAPI):
         serve.__name__ = self.name.replace("-", "_")
         return serve
 
-    def _health(self) -> dict[str, str]:
-        return {"status": "ok", "function": self.name, "ts": adapter.now()}
+    def _health(self) -> dict[str, str | int]:
+        return {"status": "ok", "function": self.name, "pid": os.getpid(), "ts": adapter.now()}
 
     async def _objectflow_error(self, _request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ObjectflowError)

@@ -34,3 +34,8 @@ class MqttBridge(BaseModel):
 
     client_id: str = "objectflow-mqtt-bridge"
     routes: list[MqttRoute] = []
+    sink: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="A function to send to directly (a Knative Service sink); empty: the broker",
+    )

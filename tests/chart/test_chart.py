@@ -34,6 +34,15 @@ RENDERINGS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     **{name: (overlays, ()) for name, overlays in VALUE_SETS.items()},
     "dev+e2e": ((DEV, E2E), ()),
     "pingsource": ((), ("scheduler.mode=pingsource",)),
+    # `scale` as Knative annotations and containerConcurrency; sources into a Knative Service
+    "dev+e2e+scaled-direct": (
+        (DEV, E2E),
+        (
+            "functions.e2e-exact.scale.min=1,functions.e2e-exact.scale.max=4",
+            "functions.e2e-exact.scale.concurrency=2",
+            "sources.mqtt-bridge.sink=e2e-sources,sources.kafka.e2e-kafka.sink=e2e-sources",
+        ),
+    ),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,14 @@ from functions.sources.routes import MqttRoute
 from tests.chart.conftest import DEV, E2E, Manifest, Render, of_kind
 
 PINGSOURCE = {"scheduler": {"mode": "pingsource"}}
+# `scale` and sources whose sink is a function (a Knative Service) instead of the broker.
+SCALED_DIRECT = {
+    "functions": {"e2e-exact": {"scale": {"min": 1, "max": 4, "concurrency": 2}}},
+    "sources": {
+        "mqtt-bridge": {"sink": "e2e-sources"},
+        "kafka": {"e2e-kafka": {"sink": "e2e-sources"}},
+    },
+}
 CASES: dict[str, tuple[Path | dict[str, Any], ...]] = {
     "default": (),
     "pingsource": (PINGSOURCE,),
@@ -33,6 +42,7 @@ CASES: dict[str, tuple[Path | dict[str, Any], ...]] = {
     # The chart in another namespace (helm -n staging), compared with the local runtime after
     # substituting values' namespace for the release's: the same sources, filters and sinks.
     "dev+e2e@staging": (DEV, E2E),
+    "dev+e2e+scaled-direct": (DEV, E2E, SCALED_DIRECT),
 }
 NAMESPACES = {"dev+e2e@staging": "staging"}  # the release's namespace; else values' one
 
@@ -49,7 +59,12 @@ class Both:
             text = json.dumps(self.manifests)  # (test_chart: no values' namespace is left)
             self.manifests = json.loads(text.replace(namespace, self.values.namespace))
         self.routes = routes(self.values)
-        self.components = {c.name: c for c in components(self.values, overlays)}
+        everything = components(self.values, overlays)
+        # One entry per function (its first process); `processes` counts them all.
+        self.components = {
+            c.name: c for c in everything if c.env.get("K_SERVICE", c.name) == c.name
+        }
+        self.processes = Counter(c.env.get("K_SERVICE", c.name) for c in everything)
 
     def named(self, kind_name: str, api_group: str = "") -> dict[str, Manifest]:
         return {m["metadata"]["name"]: m for m in of_kind(self.manifests, kind_name, api_group)}
@@ -197,8 +212,43 @@ def test_the_same_kafka_sources_consume_the_same_topics(both: Both) -> None:
     assert deployed == declared
     local = {n.removeprefix("kafka-source-") for n in both.components if n.startswith("kafka-")}
     assert local == set(declared)
-    for source in both.named("KafkaSource").values():
-        assert source["spec"]["sink"]["ref"]["kind"] == "Broker"
+    for name, source in both.named("KafkaSource").items():
+        assert sink_of(source) == both.values.sources.kafka[name].sink
+        assert both.components[f"kafka-source-{name}"].env["K_SINK"] == local_sink(
+            both, both.values.sources.kafka[name].sink
+        )
+
+
+def sink_of(source: Manifest) -> str | None:
+    """The function a rendered source sends to directly, or None for the broker."""
+    ref = source["spec"]["sink"]["ref"]
+    if ref["kind"] == "Broker":
+        return None
+    assert ref == {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": ref["name"]}
+    return str(ref["name"])
+
+
+def local_sink(both: Both, function: str | None) -> str:
+    if function is None:
+        return f"http://127.0.0.1:{both.values.local.broker_port}/"
+    return f"http://127.0.0.1:{both.values.ports()[function]}/"
+
+
+def test_the_same_scale_in_both(both: Both) -> None:
+    for name, function in both.values.functions.items():
+        template = both.services[name]["spec"]["template"]
+        annotations = template["metadata"]["annotations"]
+        if function.scale.min is not None:
+            assert annotations["autoscaling.knative.dev/min-scale"] == str(function.scale.min)
+        if function.scale.max is not None:
+            assert annotations["autoscaling.knative.dev/max-scale"] == str(function.scale.max)
+        concurrency = function.scale.concurrency
+        if concurrency is not None:
+            assert template["spec"]["containerConcurrency"] == concurrency
+        assert both.processes[name] == function.scale.processes, name
+        for route in (r for r in both.routes if r.function == name):
+            assert len(route.processes) == function.scale.processes
+            assert route.concurrency == (concurrency or 0)
 
 
 def test_the_same_mqtt_bridge_routes(both: Both) -> None:
@@ -220,6 +270,8 @@ def test_the_same_mqtt_bridge_routes(both: Both) -> None:
         return routes, settings["OBJECTFLOW_MQTT_CLIENT_ID"]
 
     assert parsed(env(container)) == parsed(local.env) == (bridge.routes, bridge.client_id)
+    assert sink_of(deployed["mqtt-bridge"]) == bridge.sink
+    assert local.env["K_SINK"] == local_sink(both, bridge.sink)
 
 
 def test_the_same_minio_buckets_notify_the_webhook_adapter(both: Both) -> None:
@@ -281,4 +333,5 @@ def test_sources_and_ticks_post_to_the_broker_the_triggers_subscribe_to(both: Bo
         assert env(container)["K_SINK"] == url
     for kind_name in ("PingSource", "KafkaSource", "ContainerSource"):
         for source in both.named(kind_name).values():
-            assert source["spec"]["sink"]["ref"]["name"] == broker
+            if sink_of(source) is None:  # else a direct sink, test_the_same_kafka_sources
+                assert source["spec"]["sink"]["ref"]["name"] == broker

@@ -4,7 +4,8 @@
 the event's data asks, so a test can script a subscriber's answers:
 - `{"fail": [503, 503]}`: answer those statuses on the first attempts, then 200;
 - `{"broken": true}`: answer 400 while Redis key `e2e:broken:<event id>` exists ("fixed" = deleted);
-- `{"reply": "<type>"}`: answer with a reply CloudEvent of that type.
+- `{"reply": "<type>"}`: answer with a reply CloudEvent of that type;
+- `{"hold": "<key>"}`: a slow subscriber: wait (up to 2 s) while Redis key `<key>` exists.
 """
 
 from __future__ import annotations
@@ -28,17 +29,20 @@ CORE_ATTRIBUTES = {"id", "type", "source", "subject", "specversion", "time", "da
 
 @functions_framework.http
 def recorder(request: flask.Request) -> flask.Response:
-    if request.method == "GET":
-        return flask.Response("ok")
+    if request.method == "GET":  # /health, with the pid the local runtime checks
+        return flask.Response(json.dumps({"pid": os.getpid()}), mimetype="application/json")
     name = os.environ["K_SERVICE"]
     event = cehttp.decode(dict(request.headers), request.get_data())
     data = event.get_data() if isinstance(event.get_data(), dict) else {}
+    held_until = time.monotonic() + 2
+    while data.get("hold") and _store.exists(data["hold"]) and time.monotonic() < held_until:
+        time.sleep(0.05)
     attempt = _store.incr(f"e2e:attempts:{name}:{event['id']}")
     attributes = event.get_attributes()
     delivery = {
         "id": event["id"], "type": event["type"], "source": event["source"],
         "subject": event.get("subject"), "time": event.get("time"),
-        "attempt": attempt, "at": time.time(),
+        "attempt": attempt, "at": time.time(), "pid": os.getpid(),
         "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
         "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
     }  # fmt: skip

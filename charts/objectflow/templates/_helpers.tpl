@@ -122,6 +122,34 @@ sink:
     name: {{ .Values.broker.name }}
 {{- end }}
 
+{{/* A source's sink: the function it names (its Knative Service), else the broker.
+(dict "root" $ "function" name-or-nil) */}}
+{{- define "objectflow.sink" -}}
+{{- if .function -}}
+{{- if not (hasKey .root.Values.functions .function) }}
+{{- fail (printf "sink %s is not a key of functions" .function) }}
+{{- end -}}
+sink:
+  ref:
+    apiVersion: serving.knative.dev/v1
+    kind: Service
+    name: {{ .function }}
+{{- else -}}
+{{ include "objectflow.brokerSink" .root }}
+{{- end -}}
+{{- end }}
+
+{{/* A function's `scaling` override with its `scale` (min, max, concurrency) mapped onto
+min-scale, max-scale and container-concurrency, as YAML. */}}
+{{- define "objectflow.functionScaling" -}}
+{{- $scaling := deepCopy (.scaling | default dict) -}}
+{{- $scale := .scale | default dict -}}
+{{- range $from, $to := dict "min" "min-scale" "max" "max-scale" "concurrency" "container-concurrency" -}}
+{{- if not (kindIs "invalid" (index $scale $from)) }}{{ $_ := set $scaling $to (index $scale $from) }}{{ end -}}
+{{- end -}}
+{{- toYaml $scaling -}}
+{{- end }}
+
 {{/* Every container: non-root, read-only root filesystem, no capabilities. The uid is the
 image's user (10001 for ours, the upstream image's for dev services). */}}
 {{- define "objectflow.securityContext" -}}
