@@ -1,4 +1,4 @@
-"""Settings: the env names of the replaced services, precedence rules, errors naming the variable."""
+"""Settings: the replaced services' env names, precedence rules, errors naming the variable."""
 
 from __future__ import annotations
 
