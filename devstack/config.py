@@ -68,7 +68,7 @@ class Paths:
 
 @dataclass(frozen=True)
 class Stack:
-    """Ports, credentials and resource names of the local stack (the replaced services' defaults)."""
+    """Ports, credentials and names of the local stack (the replaced services' defaults)."""
 
     ports: dict[str, int] = field(
         default_factory=lambda: {
