@@ -269,15 +269,17 @@ def function_status() -> list[FunctionStatus]:
         state = health_state(name, records)
         events = errors = 0
         try:
-            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
+            answer = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=1)
         except requests.RequestException:
-            text = ""
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == "objectflow_events_total":
-                    events += int(sample.value)
-                elif sample.name == "objectflow_errors_total":
-                    errors += int(sample.value)
+            answer = None
+        # Only Prometheus text counts: a test subscriber answers every GET with its JSON health.
+        if answer is not None and answer.headers.get("content-type", "").startswith("text/plain"):
+            for family in text_string_to_metric_families(answer.text):
+                for sample in family.samples:
+                    if sample.name == "objectflow_events_total":
+                        events += int(sample.value)
+                    elif sample.name == "objectflow_errors_total":
+                        errors += int(sample.value)
         found.append(FunctionStatus(name, state, int(port), events, errors))
     return found
 
