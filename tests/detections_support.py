@@ -152,8 +152,10 @@ def source(env: dict[str, str], collection: str, sink: str, log: Path, **extra: 
 class Worker(Process):
     """detections-store (or a stand-in target module) under functions-framework on a free port."""
 
-    def __init__(self, env: dict[str, str], log: Path, source: Path = STORE, **extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, env: dict[str, str], log: Path, source: Path = STORE, port: int = 0, **extra: str
+    ) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         command = [
             sys.executable, "-m", "functions_framework", "--source", str(source),
