@@ -66,9 +66,7 @@ class Outbox:
         return self.collection.count_documents({"_id": {"$in": self.ids}, "status": "ready"})
 
     def wait_ready(self, count: int, timeout: float = 60) -> None:
-        wait_for(
-            lambda: self.ready() >= count, timeout=timeout, what=f"{count} documents ready"
-        )
+        wait_for(lambda: self.ready() >= count, timeout=timeout, what=f"{count} documents ready")
 
     def object(self, event_id: str) -> tuple[bytes, dict[str, Any]]:
         found = self.s3.get_object(Bucket=self.bucket, Key=f"detection/{event_id}.json")
@@ -97,7 +95,9 @@ class Outbox:
             assert body == canonical_json(before["prediction"])
             assert head["ContentType"] == "application/json"
             assert versions[key] == 1, (key, versions[key])
-            unchanged = {k: v for k, v in after.items() if k not in ("status", "output_s3", "ready_at")}
+            unchanged = {
+                k: v for k, v in after.items() if k not in ("status", "output_s3", "ready_at")
+            }
             assert unchanged == {k: v for k, v in before.items() if k != "status"}
 
     def close(self) -> None:

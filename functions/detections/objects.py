@@ -1,7 +1,7 @@
 """The prediction objects in MinIO: plain code over a boto3 S3 client.
 
-    <bucket>/detection/<event_id>.json   canonical JSON, Content-Type application/json,
-                                         x-amz-meta-sha256 = sha256 of the body
+<bucket>/detection/<event_id>.json   canonical JSON, Content-Type application/json,
+                                     x-amz-meta-sha256 = sha256 of the body
 """
 
 from __future__ import annotations

@@ -117,7 +117,8 @@ def prediction(document: Document, max_bytes: int) -> Prediction:
         raise Rejected("event_id", "missing or not a string")
     if not EVENT_ID.match(event_id) or ".." in event_id:
         raise Rejected(
-            "event_id", f"{event_id[:80]!r} is not usable as a key segment ([A-Za-z0-9._-], no '..')"
+            "event_id",
+            f"{event_id[:80]!r} is not usable as a key segment ([A-Za-z0-9._-], no '..')",
         )
     bucket = document.get("bucket")
     if not isinstance(bucket, str) or not BUCKET.match(bucket):
@@ -234,4 +235,6 @@ def _aware(moment: datetime) -> datetime:
 
 
 def _claim(found: Document) -> Claim:
-    return Claim(found["_id"], found["doc"], found["gen"], found["owner"], _aware(found["expires_at"]))
+    return Claim(
+        found["_id"], found["doc"], found["gen"], found["owner"], _aware(found["expires_at"])
+    )

@@ -56,7 +56,10 @@ def reopen_if_missing(collection: str, document: outbox.Document) -> bool:
 
     reopened = clients.mongodb.call(apply)
     if reopened:
-        log.warning("object missing; document re-opened", extra={"event_id": document.get("event_id"), "object": document.get("output_s3")})
+        log.warning(
+            "object missing; document re-opened",
+            extra={"event_id": document.get("event_id"), "object": document.get("output_s3")},
+        )
     return reopened
 
 

@@ -55,7 +55,9 @@ def write(ref: PredictionPredictable, owner: str) -> Outcome:
         return "busy"
     finished = False
     try:
-        document = clients.mongodb.call(lambda db: db[ref.collection].find_one({"_id": document_id}))
+        document = clients.mongodb.call(
+            lambda db: db[ref.collection].find_one({"_id": document_id})
+        )
         if document is None:
             return "gone"
         if document.get("status") != outbox.PREDICTABLE:
@@ -67,8 +69,9 @@ def write(ref: PredictionPredictable, owner: str) -> Outcome:
                 raise outbox.Rejected("bucket", f"no bucket {prediction.bucket!r}")
             written = _upload(prediction)
         except outbox.Rejected as rejected:
+            reason = rejected.reason
             clients.mongodb.call(
-                lambda db: outbox.record_error(db[ref.collection], document_id, rejected.reason, now())
+                lambda db: outbox.record_error(db[ref.collection], document_id, reason, now())
             )
             raise
         if not clients.mongodb.call(lambda db: claims(db).held(claim, now())):
@@ -102,4 +105,3 @@ def _upload(prediction: outbox.Prediction) -> objects.Written:
             _BUCKETS.discard(prediction.bucket)
             raise outbox.Rejected("bucket", f"no bucket {prediction.bucket!r}") from None
         raise
-

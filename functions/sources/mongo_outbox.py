@@ -94,7 +94,9 @@ def event_id(document: outbox.Document) -> str:
     return f"_id:{outbox.document_key(document['_id'])}"
 
 
-def to_cloudevent(document: outbox.Document, collection: str, type_: str, origin: str) -> CloudEvent:
+def to_cloudevent(
+    document: outbox.Document, collection: str, type_: str, origin: str
+) -> CloudEvent:
     """The event for one document; `origin` is `mongodb://host:port/database`."""
     name = event_id(document)
     attributes = {
@@ -213,7 +215,10 @@ class Outbox:
                 )  # fmt: skip
                 outcome = "posted" if first else "reposted"
             except sink.SinkRejected as exc:
-                log.error("sink refused the event; trying again after the lease", extra={"error": str(exc)})
+                log.error(
+                    "sink refused the event; trying again after the lease",
+                    extra={"error": str(exc)},
+                )
                 outcome = "rejected"
             except sink.SinkUnavailable:
                 return  # stopping: not accepted, the next run posts it
@@ -249,7 +254,10 @@ class Outbox:
     def run(self) -> None:
         from pymongo.errors import PyMongoError
 
-        log.info("posting outbox documents to the sink", extra={"collection": self.config.collection, "sink": self.sink_url})
+        log.info(
+            "posting outbox documents to the sink",
+            extra={"collection": self.config.collection, "sink": self.sink_url},
+        )
         while not self.stopping.is_set():
             try:
                 self.watch()
@@ -258,7 +266,11 @@ class Outbox:
                 delay = random.uniform(0, min(self.config.max_backoff, 0.2 * 2**self.failures))
                 log.warning(
                     "MongoDB unavailable, reconnecting",
-                    extra={"error": str(exc).splitlines()[0], "attempt": self.failures, "wait": round(delay, 2)},
+                    extra={
+                        "error": str(exc).splitlines()[0],
+                        "attempt": self.failures,
+                        "wait": round(delay, 2),
+                    },
                 )
                 self.stopping.wait(delay)
         self.pool.shutdown(wait=True, cancel_futures=True)

@@ -71,8 +71,9 @@ def test_bad_documents_stay_predictable_with_a_reason_and_nothing_in_minio(
     for after in box.mine():
         assert after["status"] == "predictable" and "output_s3" not in after
     reasons = {d["_id"]: d["outbox_error"] for d in box.mine()}
-    for name, field in [("event_id", "event_id"), ("slash", "event_id"), ("dots", "event_id"),
-                        ("bucket", "bucket"), ("binary", "prediction"), ("oversize", "prediction")]:  # fmt: skip
+    fields = {"event_id": "event_id", "slash": "event_id", "dots": "event_id",
+              "bucket": "bucket", "binary": "prediction", "oversize": "prediction"}  # fmt: skip
+    for name, field in fields.items():
         assert reasons[bad[name]["_id"]].startswith(f"{field}: "), (name, reasons)
     assert box.versions() == {}
 
@@ -80,7 +81,9 @@ def test_bad_documents_stay_predictable_with_a_reason_and_nothing_in_minio(
 def test_minio_outage_documents_stay_predictable_then_all_ready(
     box: Outbox, values: wiring.Values, broker: str
 ) -> None:
-    unavailable = 'objectflow_errors_total{function="detections-store",kind="dependency-unavailable"'
+    unavailable = (
+        'objectflow_errors_total{function="detections-store",kind="dependency-unavailable"'
+    )
     before = metric(store_metrics(values), unavailable)
     stop_service("minio")
     try:

@@ -59,7 +59,9 @@ def test_one_event_per_predictable_document_and_again_only_after_the_lease(
             }
         assert len(sink.accepted()) == 20  # nothing posted twice within the lease
         # Written meanwhile: not posted again; still predictable after the lease: posted again.
-        box.collection.update_many({"_id": {"$in": [d["_id"] for d in documents[:10]]}}, {"$set": {"status": "ready"}})
+        box.collection.update_many(
+            {"_id": {"$in": [d["_id"] for d in documents[:10]]}}, {"$set": {"status": "ready"}}
+        )
         wait_for(lambda: len(sink.accepted()) == 30, timeout=LEASE * 4, what="10 re-posts")
         reposted = {e["id"] for e in sink.accepted()[20:]}
         assert reposted == {d["event_id"] for d in documents[10:]}

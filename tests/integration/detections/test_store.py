@@ -40,7 +40,12 @@ def store(service_env: dict[str, str]) -> Iterator[FlaskClient]:
 
 
 def deliver(store: FlaskClient, box: Outbox, document: dict[str, Any]) -> Any:
-    event = to_cloudevent(document, box.collection.name, "objectflow.detections.prediction.predictable.v1", "mongodb://test/db")
+    event = to_cloudevent(
+        document,
+        box.collection.name,
+        "objectflow.detections.prediction.predictable.v1",
+        "mongodb://test/db",
+    )
     headers, body = to_binary(event)
     return store.post("/", headers=headers, data=body)
 
