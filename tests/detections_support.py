@@ -177,7 +177,7 @@ class Worker(Process):
 
 def metric(url: str, name: str) -> float:
     """Sum of a Prometheus metric's samples at `url` (every label set)."""
-    text = requests.get(url, timeout=5).text
+    text = requests.get(url, timeout=15).text
     return sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()

@@ -3,7 +3,8 @@ runtime's mongo-outbox source watches runner_db.runner_predictions, detections-s
 
 Tests insert only documents of their own (their own event ids, a versioned bucket of their
 own, so object versions count the PUTs) and remove them afterwards. The e2e overlay shortens
-the lease to 5 s so re-posts after an outage come quickly.
+the lease to 20 s so re-posts after an outage come quickly (yet a burst of 500 drains
+within it, so nothing is posted twice while it waits in the broker).
 """
 
 from __future__ import annotations
