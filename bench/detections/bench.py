@@ -51,16 +51,16 @@ class Run:
 def documents(tag: str, bucket: str, count: int, start: int = 0) -> list[dict[str, Any]]:
     return [
         {"event_id": f"bench-{tag}-{n}", "bucket": bucket, "status": "predictable",
-         "prediction": {**PREDICTION, "n": n}}
+         "prediction": {**PREDICTION, "n": n}, "bench": tag}
         for n in range(start, start + count)
     ]  # fmt: skip
 
 
 def wait_ready(collection: Any, tag: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    query = {"event_id": {"$regex": f"^bench-{tag}-"}, "status": "ready"}
+    query = {"bench": tag, "status": "ready"}  # equality: FerretDB pushes it down to SQL
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if collection.count_documents(query) >= count:
+        if collection.count_documents(query) >= count:  # a full count per poll: keep it cheap
             break
         time.sleep(0.05)
     return list(collection.find(query, {"created_at": 1, "ready_at": 1}))
@@ -153,7 +153,7 @@ def run(console: Any, *, rate: float, backlog: int, seconds: float, warmup: floa
     finally:
         direct.terminate()
         direct.wait(timeout=10)
-        pipeline_collection.delete_many({"event_id": {"$regex": "^bench-"}})
+        pipeline_collection.delete_many({"bench": {"$exists": True}})
         direct_collection.drop()
         db[f"{direct_collection.name}_claims"].drop()
         _empty(s3, bucket)
