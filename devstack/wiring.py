@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from functions.sources.routes import VALUES_CONFIG, MqttBridge
+from functions.sources.routes import VALUES_CONFIG, MongoOutbox, MqttBridge
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "charts" / "objectflow" / "values.yaml"
@@ -358,6 +358,9 @@ class Sources(Model):
     mqtt_bridge: MqttBridge = MqttBridge()
     minio: MinioSource = MinioSource()
     kafka: dict[str, KafkaSource] = {}
+    mongo_outbox: MongoOutbox | None = Field(
+        default=None, description="The MongoDB outbox source; runs when declared"
+    )
 
 
 class Local(Model):
@@ -540,7 +543,13 @@ class Values(Model):
         if clash:
             raise ValueError(f"functions may not take the platform's names: {clash}")
         self.ports()  # raises on a collision
-        self.infrastructure()  # raises on conflicting declarations
+        collections = self.infrastructure().collections  # raises on conflicting declarations
+        outbox = self.sources.mongo_outbox
+        if outbox is not None and outbox.collection not in collections:
+            raise ValueError(
+                f"sources.mongo-outbox.collection {outbox.collection!r} is in no domain's "
+                f"`collections` (declared: {', '.join(collections) or 'none'})"
+            )
         return self
 
     def _check_schedules(self, where: str, trigger: Trigger) -> None:

@@ -99,6 +99,15 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         found.append(
             Component("mqtt-bridge", [sys.executable, "-m", "functions.sources.mqtt_bridge"], env)
         )
+    outbox = values.sources.mongo_outbox
+    if outbox is not None:
+        found.append(
+            Component(
+                "mongo-outbox",
+                [sys.executable, "-m", "functions.sources.mongo_outbox"],
+                {**sink, **outbox_env(outbox)},
+            )
+        )
     values_args = [arg for path in overlays for arg in ("--values", str(path))]
     for name, source in values.sources.kafka.items():
         command = [sys.executable, "-m", "devstack.runtime.kafka_source", name, *values_args]
@@ -123,6 +132,15 @@ def direct_sink(
     if function is None:
         return broker
     return {"K_SINK": f"http://{HOST}:{values.ports()[function]}/"}
+
+
+def outbox_env(outbox: wiring.MongoOutbox) -> dict[str, str]:
+    """The mongo-outbox source's settings (the chart's template sets the same)."""
+    return {
+        "OBJECTFLOW_OUTBOX_COLLECTION": outbox.collection,
+        "OBJECTFLOW_OUTBOX_TYPE": outbox.type,
+        **outbox.env,
+    }
 
 
 def broker_url(values: wiring.Values) -> str:

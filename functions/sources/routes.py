@@ -1,7 +1,8 @@
-"""The MQTT bridge's routes, as values.yaml `sources.mqtt-bridge` declares them.
+"""The deployed sources' settings as values.yaml declares them: `sources.mqtt-bridge` (the MQTT
+bridge's routes) and `sources.mongo-outbox`.
 
-Defined here, beside the bridge that is deployed on its own, and reused by the wiring model
-(devstack/wiring.py), so the chart, the local runtime and the bridge read one definition.
+Defined here, beside the sources that are deployed on their own, and reused by the wiring model
+(devstack/wiring.py), so the chart, the local runtime and the sources read one definition.
 """
 
 from __future__ import annotations
@@ -39,3 +40,21 @@ class MqttBridge(BaseModel):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="A function to send to directly (a Knative Service sink); empty: the broker",
     )
+
+
+class MongoOutbox(BaseModel):
+    """values.yaml `sources.mongo-outbox`: the MongoDB collection the outbox source watches."""
+
+    model_config = VALUES_CONFIG
+
+    collection: str = Field(
+        default="runner_predictions",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,119}$",
+        description="In MONGODB_URI's database; a collection some domain declares",
+    )
+    type: str = Field(
+        default="objectflow.detections.prediction.predictable.v1",
+        pattern=r"^[a-z0-9][a-z0-9.-]*$",
+        description="CloudEvent type of the events it posts",
+    )
+    env: dict[str, str] = Field(default={}, description="Extra settings (DETECTIONS_*)")

@@ -253,7 +253,7 @@ def test_the_same_scale_in_both(both: Both) -> None:
 
 def test_the_same_mqtt_bridge_routes(both: Both) -> None:
     bridge = both.values.sources.mqtt_bridge
-    deployed = both.named("ContainerSource")
+    deployed = {n: s for n, s in both.named("ContainerSource").items() if n == "mqtt-bridge"}
     local = both.components.get("mqtt-bridge")
     if not bridge.routes:
         assert not deployed and local is None
@@ -272,6 +272,26 @@ def test_the_same_mqtt_bridge_routes(both: Both) -> None:
     assert parsed(env(container)) == parsed(local.env) == (bridge.routes, bridge.client_id)
     assert sink_of(deployed["mqtt-bridge"]) == bridge.sink
     assert local.env["K_SINK"] == local_sink(both, bridge.sink)
+
+
+def test_the_same_mongo_outbox_source(both: Both) -> None:
+    declared = both.values.sources.mongo_outbox
+    deployed = {n: s for n, s in both.named("ContainerSource").items() if n == "mongo-outbox"}
+    local = both.components.get("mongo-outbox")
+    if declared is None:
+        assert not deployed and local is None
+        return
+    assert set(deployed) == {"mongo-outbox"} and local is not None
+    (container,) = deployed["mongo-outbox"]["spec"]["template"]["spec"]["containers"]
+    assert shlex.join(container["command"]) == "python -m functions.sources.mongo_outbox"
+    assert local.command[1:] == ["-m", "functions.sources.mongo_outbox"]
+    expected = {
+        "OBJECTFLOW_OUTBOX_COLLECTION": declared.collection,
+        "OBJECTFLOW_OUTBOX_TYPE": declared.type,
+        **declared.env,
+    }
+    assert env(container) == {k: v for k, v in local.env.items() if k != "K_SINK"} == expected
+    assert deployed["mongo-outbox"]["spec"]["sink"]["ref"]["kind"] == "Broker"
 
 
 def test_the_same_minio_buckets_notify_the_webhook_adapter(both: Both) -> None:
@@ -311,10 +331,13 @@ def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
         expected.add(("Service", "minio-webhook"))
     if values.sources.mqtt_bridge.routes:
         expected.add(("ContainerSource", "mqtt-bridge"))
+    if values.sources.mongo_outbox is not None:
+        expected.add(("ContainerSource", "mongo-outbox"))
     assert found == expected
     local = {"dead-letter", *values.functions}
     local |= {"minio-webhook"} if values.sources.minio.buckets else set()
     local |= {"mqtt-bridge"} if values.sources.mqtt_bridge.routes else set()
+    local |= {"mongo-outbox"} if values.sources.mongo_outbox is not None else set()
     local |= {f"kafka-source-{name}" for name in values.sources.kafka}
     local |= {"cron-ticker"} if values.schedules else set()
     assert set(both.components) == local

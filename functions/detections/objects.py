@@ -1,0 +1,78 @@
+"""The prediction objects in MinIO: plain code over a boto3 S3 client.
+
+<bucket>/detection/<event_id>.json   canonical JSON, Content-Type application/json,
+                                     x-amz-meta-sha256 = sha256 of the body
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import TYPE_CHECKING, Literal
+
+from botocore.exceptions import ClientError
+
+from functions.detections.outbox import Prediction
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger("objectflow.detections.objects")
+Written = Literal["uploaded", "identical", "overwritten"]
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def bucket_exists(s3: S3Client, bucket: str) -> bool:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if _status(exc) == 404:
+            return False
+        raise
+    return True
+
+
+def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _status(exc) == 404:
+            return False
+        raise
+    return True
+
+
+def write(s3: S3Client, prediction: Prediction) -> Written:
+    """PUT the prediction unless an identical object (same sha256, or same MD5 ETag) is there.
+
+    Idempotent: run again after any failure, it ends with the same object.
+    """
+    try:
+        head = s3.head_object(Bucket=prediction.bucket, Key=prediction.key)
+    except ClientError as exc:
+        if _status(exc) != 404:
+            raise
+        head = None
+    if head is not None:
+        etag = head.get("ETag", "").strip('"')
+        if head.get("Metadata", {}).get("sha256") == prediction.sha256 or etag == _md5(prediction):
+            return "identical"
+        log.warning(
+            "object differs from the prediction; overwriting",
+            extra={"object": prediction.url, "etag": etag, "sha256": prediction.sha256},
+        )
+    s3.put_object(
+        Bucket=prediction.bucket,
+        Key=prediction.key,
+        Body=prediction.body,
+        ContentType="application/json",
+        Metadata={"sha256": prediction.sha256},
+    )
+    return "uploaded" if head is None else "overwritten"
+
+
+def _md5(prediction: Prediction) -> str:
+    return hashlib.md5(prediction.body, usedforsecurity=False).hexdigest()
