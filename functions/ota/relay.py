@@ -101,10 +101,6 @@ def waves(rows: list[outbox.Row]) -> Iterator[list[outbox.Row]]:
 
 def is_outage(exc: BaseException) -> bool:
     """A failure of the connection to Kafka, not of the record (retriable kafka-python errors)."""
-    from kafka.errors import KafkaConnectionError, KafkaTimeoutError, NoBrokersAvailable
-
-    if isinstance(exc, KafkaConnectionError | KafkaTimeoutError | NoBrokersAvailable):
-        return True
     return bool(getattr(exc, "retriable", False))
 
 
@@ -125,6 +121,16 @@ def dlq_record(row: outbox.Row, error: str, keep_bytes: int) -> bytes:
         "dead_at": datetime.now(UTC).isoformat(),
     }
     return json.dumps(body).encode()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A send that failed before it left (the shape of kafka-python's record future)."""
+
+    error: Exception
+
+    def get(self, timeout: float | None = None) -> None:
+        raise self.error
 
 
 @dataclass
@@ -193,8 +199,6 @@ class Relay:
         return outcome
 
     def _send(self, row: outbox.Row) -> Any:
-        from kafka.future import Future
-
         try:
             return self.producer.send(
                 self.cfg.job_topic,
@@ -205,7 +209,7 @@ class Relay:
         except Exception as exc:  # raised at once, e.g. larger than max_request_size
             if is_outage(exc):
                 raise KafkaUnavailable(repr(exc)) from exc
-            return Future().failure(exc)
+            return Refused(exc)
 
     def _settle_failure(self, cur: Cursor, row: outbox.Row, error: str) -> None:
         backoff = self.cfg.outbox_backoff
