@@ -96,8 +96,11 @@ class JobEvents:
     def wait(self, devices: Iterable[str], count: int, timeout: float = 30) -> list[Record]:
         """The devices' records once there are at least `count` distinct event ids."""
         wanted = list(devices)
-        wait_for(lambda: len({r.value.get("event_id") for r in self.of(wanted)}) >= count,
-                 timeout=timeout, what=f"{count} events of {len(wanted)} device(s)")  # fmt: skip
+        wait_for(
+            lambda: len({r.value.get("event_id") for r in self.of(wanted)}) >= count,
+            timeout=timeout,
+            what=f"{count} events of {len(wanted)} device(s)",
+        )
         return self.of(wanted)
 
     def close(self) -> None:

@@ -33,8 +33,11 @@ def devices(ota_api: str) -> Callable[[int], list[str]]:
     def register(count: int, timezone: str = "Europe/Berlin") -> list[str]:
         made = [unique("dev") for _ in range(count)]
         for device_id in made:
-            response = requests.put(f"{ota_api}/devices/{device_id}", timeout=10,
-                                    json={"model": "tx-1", "timezone": timezone})  # fmt: skip
+            response = requests.put(
+                f"{ota_api}/devices/{device_id}",
+                timeout=10,
+                json={"model": "tx-1", "timezone": timezone},
+            )
             assert response.status_code == 201, response.text
         return made
 

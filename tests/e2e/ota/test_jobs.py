@@ -24,22 +24,37 @@ def test_create_patch_cancel_and_ready_over_http(
     events = JobEvents(stack_env)
     try:
         later = (datetime.now(UTC) + timedelta(hours=3)).isoformat()
-        timed = requests.post(f"{ota_api}/jobs", timeout=10, json={
-            "device_id": device, "firmware_version": firmware, "schedule_time": later}).json()  # fmt: skip
+        timed = requests.post(
+            f"{ota_api}/jobs",
+            timeout=10,
+            json={"device_id": device, "firmware_version": firmware, "schedule_time": later},
+        ).json()
         url = f"{ota_api}/jobs/{timed['id']}"
-        patched = requests.patch(url, json={"cron": "15 4 * * *"}, headers={"If-Match": '"1"'},
-                                 timeout=10)  # fmt: skip
+        patched = requests.patch(
+            url, json={"cron": "15 4 * * *"}, headers={"If-Match": '"1"'}, timeout=10
+        )
         assert patched.status_code == 200 and patched.headers["ETag"] == '"2"'
-        cancelled = requests.post(f"{url}/cancel", headers={"If-Match": patched.headers["ETag"]},
-                                  timeout=10)  # fmt: skip
+        cancelled = requests.post(
+            f"{url}/cancel", headers={"If-Match": patched.headers["ETag"]}, timeout=10
+        )
         assert cancelled.status_code == 200
-        now = requests.post(f"{ota_api}/jobs", timeout=10,
-                            json={"device_id": other, "firmware_version": firmware}).json()  # fmt: skip
+        now = requests.post(
+            f"{ota_api}/jobs", timeout=10, json={"device_id": other, "firmware_version": firmware}
+        ).json()
 
-        wait_for(lambda: kinds(events, device, timed["id"]) == ["job.created", "job.updated",
-                 "job.cancelled"], timeout=30, what="created, updated, cancelled in order")  # fmt: skip
-        wait_for(lambda: kinds(events, other, now["id"]) == ["job.created",
-                 "job.ready_to_execute"], timeout=30, what="an immediate job made ready")  # fmt: skip
+        wait_for(
+            lambda: (
+                kinds(events, device, timed["id"])
+                == ["job.created", "job.updated", "job.cancelled"]
+            ),
+            timeout=30,
+            what="created, updated, cancelled in order",
+        )
+        wait_for(
+            lambda: kinds(events, other, now["id"]) == ["job.created", "job.ready_to_execute"],
+            timeout=30,
+            what="an immediate job made ready",
+        )
     finally:
         events.close()
     for record in [r for r in events.records if r.key in (device, other)]:
@@ -59,11 +74,21 @@ def test_a_timed_job_becomes_ready_within_a_minute_of_its_time(
     due = datetime.now(UTC) + timedelta(seconds=5)
     events = JobEvents(stack_env)
     try:
-        job = requests.post(f"{ota_api}/jobs", timeout=10, json={
-            "device_id": device, "firmware_version": firmware,
-            "schedule_time": due.isoformat()}).json()  # fmt: skip
-        wait_for(lambda: "job.ready_to_execute" in kinds(events, device, job["id"]),
-                 timeout=90, interval=0.5, what="job.ready_to_execute")  # fmt: skip
+        job = requests.post(
+            f"{ota_api}/jobs",
+            timeout=10,
+            json={
+                "device_id": device,
+                "firmware_version": firmware,
+                "schedule_time": due.isoformat(),
+            },
+        ).json()
+        wait_for(
+            lambda: "job.ready_to_execute" in kinds(events, device, job["id"]),
+            timeout=90,
+            interval=0.5,
+            what="job.ready_to_execute",
+        )
     finally:
         events.close()
     ready = requests.get(f"{ota_api}/jobs/{job['id']}", timeout=10).json()

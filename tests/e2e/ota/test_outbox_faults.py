@@ -20,8 +20,11 @@ ROOT = Path(__file__).resolve().parents[3]
 def create(ota_api: str, devices: list[str], firmware: str, rounds: int) -> list[dict[str, object]]:
     made = []
     for _ in range(rounds):
-        response = requests.post(f"{ota_api}/jobs", timeout=30,
-                                 json={"device_ids": devices, "firmware_version": firmware})  # fmt: skip
+        response = requests.post(
+            f"{ota_api}/jobs",
+            timeout=30,
+            json={"device_ids": devices, "firmware_version": firmware},
+        )
         assert response.status_code == 201, response.text
         made += response.json()["jobs"]
     return made
@@ -49,8 +52,12 @@ def test_jobs_created_while_kafka_is_down_all_arrive_in_order(
     events = JobEvents(stack_env)
     events.consumer.seek_to_beginning()  # what was published since Kafka came back
     try:
-        wait_for(lambda: sum(map(len, created_ids(events, fleet).values())) >= 1000,
-                 timeout=180, interval=1, what="1,000 job.created")  # fmt: skip
+        wait_for(
+            lambda: sum(map(len, created_ids(events, fleet).values())) >= 1000,
+            timeout=180,
+            interval=1,
+            what="1,000 job.created",
+        )
         found = created_ids(events, fleet)
     finally:
         events.close()
@@ -75,14 +82,24 @@ def test_a_relay_killed_mid_batch_loses_nothing(
     try:
         victim = relay_pid()
         made = create(ota_api, fleet, firmware, rounds=10)  # 2,000 job.created rows
-        wait_for(lambda: len(events.of(fleet)) > 0, timeout=30, interval=0.01,
-                 what="the relay started publishing")  # fmt: skip
+        wait_for(
+            lambda: len(events.of(fleet)) > 0,
+            timeout=30,
+            interval=0.01,
+            what="the relay started publishing",
+        )
         os.kill(victim, signal.SIGKILL)
         wait_for(lambda: relay_pid() != victim, timeout=60, what="the runtime restarts the relay")
         wanted = {j["id"] for j in made}
-        wait_for(lambda: wanted <= {r.value["job_id"] for r in events.of(fleet)
-                                    if r.value["type"] == "job.created"},
-                 timeout=120, interval=1, what="every job.created")  # fmt: skip
+        wait_for(
+            lambda: (
+                wanted
+                <= {r.value["job_id"] for r in events.of(fleet) if r.value["type"] == "job.created"}
+            ),
+            timeout=120,
+            interval=1,
+            what="every job.created",
+        )
         created = [r for r in events.of(fleet) if r.value["type"] == "job.created"]
     finally:
         events.close()

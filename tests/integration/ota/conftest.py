@@ -35,8 +35,11 @@ def api(ota_env: dict[str, str]) -> Iterator[Any]:
 def firmware(api: Any) -> str:
     """A firmware version that exists (its bytes are unique to the test)."""
     version = unique("fw")
-    response = api.put(f"/firmwares/{version}", content=os.urandom(1024),
-                       headers={"content-type": "application/octet-stream"})  # fmt: skip
+    response = api.put(
+        f"/firmwares/{version}",
+        content=os.urandom(1024),
+        headers={"content-type": "application/octet-stream"},
+    )
     assert response.status_code == 201, response.text
     return version
 

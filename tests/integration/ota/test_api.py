@@ -105,9 +105,12 @@ def test_a_device_is_registered_then_updated(api: Any) -> None:
     updated = api.put(f"/devices/{device_id}", json={"model": "b", "timezone": "UTC"})
     assert updated.status_code == 200
     assert api.get(f"/devices/{device_id}").json() == {
-        "device_id": device_id, "model": "b", "timezone": "UTC",
-        "current_firmware": None, "last_seen": None,
-    }  # fmt: skip
+        "device_id": device_id,
+        "model": "b",
+        "timezone": "UTC",
+        "current_firmware": None,
+        "last_seen": None,
+    }
 
 
 def test_a_device_with_an_unknown_zone_is_refused(api: Any) -> None:
@@ -142,15 +145,25 @@ def test_timed_and_cron_jobs_get_their_due_times(
 ) -> None:
     device_id = device("Europe/Berlin")
     at = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
-    timed = api.post("/jobs", json={"device_id": device_id, "firmware_version": firmware,
-                                    "schedule_time": at.isoformat()}).json()  # fmt: skip
+    timed = api.post(
+        "/jobs",
+        json={
+            "device_id": device_id,
+            "firmware_version": firmware,
+            "schedule_time": at.isoformat(),
+        },
+    ).json()
     assert timed["schedule"]["kind"] == "at"
     assert datetime.fromisoformat(timed["due_at"]) == at
-    cron = api.post("/jobs", json={"device_id": device_id, "firmware_version": firmware,
-                                   "cron": "30 4 * * *"}).json()  # fmt: skip
+    cron = api.post(
+        "/jobs", json={"device_id": device_id, "firmware_version": firmware, "cron": "30 4 * * *"}
+    ).json()
     assert cron["schedule"] | {"due_at": None} == {
-        "kind": "cron", "cron": "30 4 * * *", "timezone": "Europe/Berlin", "due_at": None
-    }  # fmt: skip
+        "kind": "cron",
+        "cron": "30 4 * * *",
+        "timezone": "Europe/Berlin",
+        "due_at": None,
+    }
     local = datetime.fromisoformat(cron["due_at"]).astimezone(
         __import__("zoneinfo").ZoneInfo("Europe/Berlin")
     )
@@ -166,8 +179,9 @@ def test_a_mass_update_creates_one_job_per_device_in_one_transaction(
     assert sorted(j["device_id"] for j in response.json()["jobs"]) == sorted(devices)
     # one unknown device in the list: nothing at all is written
     others = [device(), device()]
-    refused = api.post("/jobs", json={"device_ids": [*others, unique("ghost")],
-                                      "firmware_version": firmware})  # fmt: skip
+    refused = api.post(
+        "/jobs", json={"device_ids": [*others, unique("ghost")], "firmware_version": firmware}
+    )
     assert refused.status_code == 422 and refused.json()["field"] == "device_ids"
     assert all(counts(ota_env, d) == (0, 0, 0) for d in others)
 
@@ -191,9 +205,15 @@ BAD_JOBS: list[tuple[str, dict[str, Any], int, str]] = [
     ("case", "change", "status", "field"), BAD_JOBS, ids=[b[0] for b in BAD_JOBS]
 )
 def test_bad_jobs_are_refused_and_write_nothing(
-    api: Any, ota_env: dict[str, str], device: Callable[..., str], firmware: str,
-    case: str, change: dict[str, Any], status: int, field: str,
-) -> None:  # fmt: skip
+    api: Any,
+    ota_env: dict[str, str],
+    device: Callable[..., str],
+    firmware: str,
+    case: str,
+    change: dict[str, Any],
+    status: int,
+    field: str,
+) -> None:
     device_id = device()
     body = {"device_id": device_id, "firmware_version": firmware, **change}
     response = api.post("/jobs", json=body)
@@ -210,8 +230,9 @@ def test_malformed_json_is_a_422_that_writes_nothing(api: Any, ota_env: dict[str
 
 
 def _job(api: Any, device_id: str, firmware: str, **extra: Any) -> dict[str, Any]:
-    response = api.post("/jobs", json={"device_id": device_id, "firmware_version": firmware,
-                                       **extra})  # fmt: skip
+    response = api.post(
+        "/jobs", json={"device_id": device_id, "firmware_version": firmware, **extra}
+    )
     assert response.status_code == 201, response.text
     return dict(response.json())
 
@@ -242,8 +263,11 @@ def test_patch_and_cancel_need_if_match_and_answer_the_new_version(
     assert api.patch(url, json={"cron": "0 6 * * *"}, headers={"If-Match": "3"}).status_code == 409
     kinds = [kind for kind, _, _ in outbox_rows(ota_env, [device_id])]
     assert kinds == ["job.created", "job.updated", "job.cancelled"]
-    history = sql(ota_env, "SELECT type, version FROM ota.job_events WHERE job_id = %s ORDER BY id",
-                  (job["id"],))  # fmt: skip
+    history = sql(
+        ota_env,
+        "SELECT type, version FROM ota.job_events WHERE job_id = %s ORDER BY id",
+        (job["id"],),
+    )
     assert history == [("job.created", 1), ("job.updated", 2), ("job.cancelled", 3)]
 
 
@@ -255,8 +279,12 @@ def test_an_empty_patch_and_unknown_jobs(
     ghost = "00000000-0000-4000-8000-000000000000"
     assert api.get(f"/jobs/{ghost}").status_code == 404
     assert api.get("/jobs/not-a-uuid").status_code == 404
-    assert api.patch(f"/jobs/{ghost}", json={"cron": "0 1 * * *"},
-                     headers={"If-Match": "1"}).status_code == 404  # fmt: skip
+    assert (
+        api.patch(
+            f"/jobs/{ghost}", json={"cron": "0 1 * * *"}, headers={"If-Match": "1"}
+        ).status_code
+        == 404
+    )
 
 
 def test_twenty_concurrent_patches_one_wins(
@@ -269,8 +297,9 @@ def test_twenty_concurrent_patches_one_wins(
 
     def patch(minute: int) -> None:
         start.wait()
-        response = api.patch(f"/jobs/{job['id']}", json={"cron": f"{minute} 3 * * *"},
-                             headers={"If-Match": '"1"'})  # fmt: skip
+        response = api.patch(
+            f"/jobs/{job['id']}", json={"cron": f"{minute} 3 * * *"}, headers={"If-Match": '"1"'}
+        )
         statuses.append(response.status_code)
 
     threads = [threading.Thread(target=patch, args=(m,)) for m in range(1, 21)]

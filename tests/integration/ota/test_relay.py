@@ -50,15 +50,22 @@ def relays(count: int) -> Iterator[list[relay.Relay]]:
 
 
 def dsn(env: dict[str, str]) -> str:
-    return (f"postgresql://{env['DB_USER']}:{env['DB_PASSWORD']}@{env['DB_HOST']}:"
-            f"{env['DB_PORT']}/{env['DB_NAME']}")  # fmt: skip
+    return (
+        f"postgresql://{env['DB_USER']}:{env['DB_PASSWORD']}@{env['DB_HOST']}:"
+        f"{env['DB_PORT']}/{env['DB_NAME']}"
+    )
 
 
 def add(cur: Any, device: str, seq: int, payload: dict[str, Any] | None = None) -> str:
     event_id = uuid.uuid4()
-    outbox.write(cur, event_id=event_id, aggregate_id=f"job-{device}", partition_key=device,
-                 event_type="job.updated", payload=payload or {"event_id": str(event_id),
-                                                               "seq": seq})  # fmt: skip
+    outbox.write(
+        cur,
+        event_id=event_id,
+        aggregate_id=f"job-{device}",
+        partition_key=device,
+        event_type="job.updated",
+        payload=payload or {"event_id": str(event_id), "seq": seq},
+    )
     return str(event_id)
 
 
@@ -82,8 +89,12 @@ def test_a_transaction_that_commits_late_is_not_skipped(relay_env: dict[str, str
             found = events.wait([early, late], 2)
         order = [r.value["event_id"] for r in found]
         assert set(order) == {slow_id, fast_id}
-        (sent,) = sql(relay_env, "SELECT count(*) FROM ota.event_outbox WHERE event_id::text = ANY(%s)"
-                      " AND sent_at IS NOT NULL", ([slow_id, fast_id],))  # fmt: skip
+        (sent,) = sql(
+            relay_env,
+            "SELECT count(*) FROM ota.event_outbox WHERE event_id::text = ANY(%s)"
+            " AND sent_at IS NOT NULL",
+            ([slow_id, fast_id],),
+        )
         assert sent == (2,)
     finally:
         slow.close()
@@ -131,14 +142,18 @@ def test_a_poison_row_goes_to_the_dlq_after_its_backoffs_and_blocks_only_its_dev
     assert [r.value["event_id"] for r in found if r.key == poisoned] == [after_id]
     assert other_id in {r.value["event_id"] for r in found}
     ((attempts, dead_at, error),) = sql(
-        relay_env, "SELECT attempts, dead_at, last_error FROM ota.event_outbox WHERE event_id = %s",
+        relay_env,
+        "SELECT attempts, dead_at, last_error FROM ota.event_outbox WHERE event_id = %s",
         (poison_id,),
-    )  # fmt: skip
+    )
     assert attempts == 5 and dead_at is not None and error
     # the other device was not held up by the poisoned one's backoffs
-    (gap,) = sql(relay_env, """SELECT (SELECT sent_at FROM ota.event_outbox WHERE event_id = %s)
+    (gap,) = sql(
+        relay_env,
+        """SELECT (SELECT sent_at FROM ota.event_outbox WHERE event_id = %s)
                                     < (SELECT dead_at FROM ota.event_outbox WHERE event_id = %s)""",
-                 (other_id, poison_id))  # fmt: skip
+        (other_id, poison_id),
+    )
     assert gap == (True,)
 
 
@@ -152,8 +167,15 @@ def test_the_relay_exports_its_metrics(relay_env: dict[str, str]) -> None:
         with relays(1) as (only,):
             committed(relay_env, device, 1)
             events.wait([device], 1)
-            wait_for(lambda: (REGISTRY.get_sample_value(
-                "outbox_published_total", {"topic": "job.events"}) or 0) > before)  # fmt: skip
+            wait_for(
+                lambda: (
+                    (
+                        REGISTRY.get_sample_value("outbox_published_total", {"topic": "job.events"})
+                        or 0
+                    )
+                    > before
+                )
+            )
             status = only.status()
     finally:
         events.close()

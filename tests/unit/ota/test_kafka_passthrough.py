@@ -16,16 +16,30 @@ from functions.ota.outbox import Row
 
 def consumed(value: bytes, headers: list[tuple[str, bytes]]) -> ConsumerRecord:
     return ConsumerRecord(
-        topic="job.events", partition=2, leader_epoch=0, offset=9, timestamp=1_700_000_000_000,
-        timestamp_type=0, key=b"dev-1", value=value, headers=headers, checksum=None,
-        serialized_key_size=-1, serialized_value_size=-1, serialized_header_size=-1,
-    )  # fmt: skip
+        topic="job.events",
+        partition=2,
+        leader_epoch=0,
+        offset=9,
+        timestamp=1_700_000_000_000,
+        timestamp_type=0,
+        key=b"dev-1",
+        value=value,
+        headers=headers,
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=-1,
+        serialized_header_size=-1,
+    )
 
 
 def test_a_relay_record_arrives_as_its_own_cloudevent() -> None:
     event_id, job_id = str(uuid.uuid4()), str(uuid.uuid4())
-    payload = {"event_id": event_id, "type": "job.created", "job_id": job_id,
-               "occurred_at": "2025-03-30T01:00:00Z"}  # fmt: skip
+    payload = {
+        "event_id": event_id,
+        "type": "job.created",
+        "job_id": job_id,
+        "occurred_at": "2025-03-30T01:00:00Z",
+    }
     row = Row(1, event_id, job_id, "dev-1", "job.created", payload, 0, datetime.now(UTC))
     record = consumed(row.value(), relay.headers(row, "/objectflow/ota"))
     event = to_cloudevent(record, "objectflow", "ota-job-events")

@@ -14,8 +14,16 @@ from functions.ota.relay import dlq_record, headers, is_outage, waves
 
 
 def row(n: int, device: str, payload: dict[str, object] | None = None) -> Row:
-    return Row(n, str(uuid.uuid4()), f"job-{n}", device, "job.created", payload or {"n": n}, 0,
-               datetime.now(UTC))  # fmt: skip
+    return Row(
+        n,
+        str(uuid.uuid4()),
+        f"job-{n}",
+        device,
+        "job.created",
+        payload or {"n": n},
+        0,
+        datetime.now(UTC),
+    )
 
 
 def test_waves_hold_one_row_per_device_in_order() -> None:

@@ -46,9 +46,14 @@ def test_next_occurrence_is_strictly_after_now() -> None:
 
 
 def resolved(**given: object) -> object:
-    options: dict[str, object] = {"schedule_time": None, "cron": None, "timezone": None,
-                                  "device_timezone": "Asia/Bangkok", "now": utc(2025, 1, 1),
-                                  "past_tolerance_s": 300}  # fmt: skip
+    options: dict[str, object] = {
+        "schedule_time": None,
+        "cron": None,
+        "timezone": None,
+        "device_timezone": "Asia/Bangkok",
+        "now": utc(2025, 1, 1),
+        "past_tolerance_s": 300,
+    }
     return resolve(**(options | given))  # type: ignore[arg-type]
 
 
