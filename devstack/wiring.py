@@ -354,6 +354,15 @@ class KafkaSource(Model):
     sink: str | None = Field(default=None, pattern=NAME, description=SINK_HELP)
 
 
+class OutboxRelay(Model):
+    """A long-running process that publishes a PostgreSQL outbox to Kafka: a Deployment in a
+    cluster, one process locally (`python -m <module>`, serving /metrics on its port)."""
+
+    module: str = Field(pattern=r"^[A-Za-z_][\w.]*$", description="Run as python -m <module>")
+    replicas: int = Field(default=1, ge=1, le=20, description="Kubernetes only")
+    local_port: int = Field(gt=0, lt=65536, description="Local runtime only: its metrics port")
+
+
 class Sources(Model):
     mqtt_bridge: MqttBridge = MqttBridge()
     minio: MinioSource = MinioSource()
@@ -361,6 +370,7 @@ class Sources(Model):
     mongo_outbox: MongoOutbox | None = Field(
         default=None, description="The MongoDB outbox source; runs when declared"
     )
+    outbox_relays: dict[str, OutboxRelay] = {}
 
 
 class Local(Model):
@@ -620,6 +630,13 @@ class Values(Model):
                     )
                 taken[wanted] = process
                 ports[name].append(wanted)
+        for name, relay in self.sources.outbox_relays.items():
+            if relay.local_port in taken:
+                raise ValueError(
+                    f"local port {relay.local_port} of {name} is also the port of "
+                    f"{taken[relay.local_port]}"
+                )
+            taken[relay.local_port] = name
         return ports
 
     def function_ports(self) -> dict[str, int]:

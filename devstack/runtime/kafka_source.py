@@ -54,9 +54,32 @@ def _payload(value: bytes | None, declared: str | None) -> tuple[str | None, Any
         return declared or "application/octet-stream", value
 
 
+def carried_cloudevent(record: ConsumerRecord) -> CloudEvent | None:
+    """The CloudEvent a record carries in the Kafka protocol binding's binary mode (a
+    `ce_specversion` header), which KafkaSource passes through as it is; None for any other
+    record. Headers `ce_<name>` are its attributes, `content-type` its datacontenttype."""
+    found = {name.lower(): raw for name, raw in record.headers or [] if raw is not None}
+    if "ce_specversion" not in found:
+        return None
+    attributes: dict[str, Any] = {
+        name.removeprefix("ce_"): raw.decode(errors="replace")
+        for name, raw in found.items()
+        if name.startswith("ce_")
+    }
+    declared = found["content-type"].decode(errors="replace") if "content-type" in found else None
+    content_type, data = _payload(record.value, declared)
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    return CloudEvent(attributes, data)
+
+
 def to_cloudevent(record: ConsumerRecord, namespace: str, source_name: str) -> CloudEvent:
-    """The CloudEvent Knative's KafkaSource makes of a record that is not itself a CloudEvent
-    (eventing-kafka-broker, InvalidCloudEventInterceptor)."""
+    """The CloudEvent Knative's KafkaSource makes of a record: the one it carries, if any,
+    else a `dev.knative.kafka.event` around it (eventing-kafka-broker,
+    InvalidCloudEventInterceptor)."""
+    carried = carried_cloudevent(record)
+    if carried is not None:
+        return carried
     p, o = record.partition, record.offset
     attributes: dict[str, Any] = {
         "type": KAFKA_EVENT,

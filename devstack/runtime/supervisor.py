@@ -1,10 +1,11 @@
 """Run the whole diagram on one machine: the broker plus one process per function and source.
 
 Every declared function runs as its own functions-framework server on its own port; the
-dead-letter store, the MinIO webhook adapter, the MQTT bridge, the Kafka sources and the cron
-ticker run as processes too, all pointed at the broker (`K_SINK`). A process that dies is
-restarted with backoff. Output goes to `.devstack/logs/runtime/<name>.log`, and, in the
-foreground (`make dev`), interleaved on the terminal with a coloured prefix per process.
+dead-letter store, the MinIO webhook adapter, the MQTT bridge, the Kafka sources, the MongoDB
+outbox source, the outbox relays and the cron ticker run as processes too, the sources pointed at
+the broker (`K_SINK`) or at the function they name. A process that dies is restarted with backoff.
+Output goes to `.devstack/logs/runtime/<name>.log`, and, in the foreground (`make dev`),
+interleaved on the terminal with a coloured prefix per process.
 
 No child outlives the supervisor: each asks Linux for SIGTERM when its parent dies (however it
 dies), and every child's pid is recorded in `.devstack/run/runtime-children.json`, so the next
@@ -114,6 +115,9 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         found.append(
             Component(f"kafka-source-{name}", command, direct_sink(values, source.sink, sink))
         )
+    for name, relay in values.sources.outbox_relays.items():
+        env = {"OBJECTFLOW_METRICS_PORT": str(relay.local_port)}
+        found.append(Component(name, [sys.executable, "-m", relay.module], env))
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
         found.append(Component("cron-ticker", command, sink))

@@ -294,6 +294,21 @@ def test_the_same_mongo_outbox_source(both: Both) -> None:
     assert deployed["mongo-outbox"]["spec"]["sink"]["ref"]["kind"] == "Broker"
 
 
+def test_the_same_outbox_relays_run(both: Both) -> None:
+    relays = both.values.sources.outbox_relays
+    deployed = {
+        name: d
+        for name, d in both.named("Deployment", "apps").items()
+        if "objectflow.dev/relay" in d["spec"]["selector"]["matchLabels"]
+    }
+    assert set(deployed) == set(relays)
+    for name, relay in relays.items():
+        (container,) = deployed[name]["spec"]["template"]["spec"]["containers"]
+        assert shlex.join(container["command"]) == f"python -m {relay.module}"
+        assert deployed[name]["spec"]["replicas"] == relay.replicas
+        assert both.components[name].command[1:] == ["-m", relay.module]
+
+
 def test_the_same_minio_buckets_notify_the_webhook_adapter(both: Both) -> None:
     buckets = both.values.sources.minio.buckets
     assert (
@@ -339,6 +354,7 @@ def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
     local |= {"mqtt-bridge"} if values.sources.mqtt_bridge.routes else set()
     local |= {"mongo-outbox"} if values.sources.mongo_outbox is not None else set()
     local |= {f"kafka-source-{name}" for name in values.sources.kafka}
+    local |= set(values.sources.outbox_relays)
     local |= {"cron-ticker"} if values.schedules else set()
     assert set(both.components) == local
 

@@ -370,8 +370,8 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
     values = wiring.load()
     assert values.infrastructure() == wiring.Infrastructure(
         buckets={"MINIO_RAW_BUCKET": "thermo-raw", "MINIO_PROCESSED_BUCKET": "thermo-processed",
-                 "MINIO_DETECTIONS_BUCKET": "detections"},
-        topics={},
+                 "MINIO_DETECTIONS_BUCKET": "detections", "MINIO_FIRMWARE_BUCKET": "firmware"},
+        topics={"job.events": 6, "job.dlq": 1},
         collections=("runner_predictions",),
     )  # fmt: skip
     more = load_with(
@@ -391,12 +391,14 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
         "MINIO_RAW_BUCKET": "thermo-raw",
         "MINIO_PROCESSED_BUCKET": "thermo-processed",
         "MINIO_DETECTIONS_BUCKET": "detections",
+        "MINIO_FIRMWARE_BUCKET": "firmware",
         "MINIO_PRODUCT_BUCKET": "product-images",
     }
     # the largest partition count wins; a Kafka source's topic no domain declares gets 3
-    assert infrastructure.topics == {"product.created": 2, "e2e.events": 6}
+    ota = {"job.events": 6, "job.dlq": 1}
+    assert infrastructure.topics == {**ota, "product.created": 2, "e2e.events": 6}
     assert infrastructure.collections == ("runner_predictions", "orders", "x")
-    assert wiring.load(E2E).infrastructure().topics == {"e2e.events": 3}
+    assert wiring.load(E2E).infrastructure().topics == {**ota, "e2e.events": 3}
 
 
 def test_two_domains_may_not_give_one_bucket_env_two_buckets(tmp_path: Path) -> None:
@@ -411,7 +413,8 @@ def test_the_env_file_holds_the_domains_buckets_and_no_others(tmp_path: Path) ->
     assert env["MINIO_RAW_BUCKET"] == "thermo-raw"
     assert env["MINIO_PROCESSED_BUCKET"] == "thermo-processed"
     assert {k for k in env if k.endswith("_BUCKET")} == {
-        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET", "MINIO_DETECTIONS_BUCKET"
+        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET", "MINIO_DETECTIONS_BUCKET",
+        "MINIO_FIRMWARE_BUCKET",
     }  # fmt: skip
 
 
@@ -426,8 +429,9 @@ def test_the_services_provision_exactly_the_infrastructure() -> None:
     assert services["minio"].provision_inputs[0] == ["bucket-a"]
     assert services["ferretdb"].provision_inputs[1:] == ["c"]
     default = specs()
-    assert default["kafka"].provision_inputs == {}
-    assert default["minio"].provision_inputs[0] == ["detections", "thermo-processed", "thermo-raw"]
+    declared = wiring.default().infrastructure()  # what values.yaml's domains declare
+    assert default["kafka"].provision_inputs == declared.topics
+    assert default["minio"].provision_inputs[0] == declared.bucket_names
 
 
 # --- the broker's retry waits --------------------------------------------------------------------

@@ -79,7 +79,13 @@ names, then `config` over them. */}}
 {{- $_ := set $config $env $bucket -}}
 {{- end -}}
 {{- end -}}
-{{- toYaml (merge (deepCopy .Values.config) $config) -}}
+{{- $merged := merge (deepCopy .Values.config) $config -}}
+{{- /* In-cluster Kafka replaces config's default bootstrap (values.yaml names one, as the
+Kafka sources need one to render). */ -}}
+{{- if include "objectflow.devServices" . -}}
+{{- $_ := set $merged "KAFKA_BOOTSTRAP_SERVERS" (include "objectflow.kafkaBootstrap" .) -}}
+{{- end -}}
+{{- toYaml $merged -}}
 {{- end }}
 
 {{/* Fully qualified: KafkaSource dispatchers run in knative-eventing, not in our namespace. */}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -43,6 +44,13 @@ def _pool() -> ThreadedConnectionPool:
     return ThreadedConnectionPool(0, cfg.pool_max, dsn=cfg.dsn, connect_timeout=3)
 
 
+@functools.cache
+def _slots() -> threading.BoundedSemaphore:
+    """One per pooled connection: more concurrent transactions wait for one instead of
+    failing with psycopg2's PoolError (an HTTP function serves many requests at once)."""
+    return threading.BoundedSemaphore(settings.postgres().pool_max)
+
+
 @contextlib.contextmanager
 def _connection() -> Iterator[Connection]:
     """A pooled connection as one transaction: commit on success, roll back on error.
@@ -52,20 +60,21 @@ def _connection() -> Iterator[Connection]:
     import psycopg2
 
     pool = _pool()
-    conn = pool.getconn()
-    broken = False
-    try:
-        yield conn
-        conn.commit()
-    except (psycopg2.OperationalError, psycopg2.InterfaceError):
-        broken = True
-        raise
-    except BaseException:
-        with contextlib.suppress(psycopg2.Error):
-            conn.rollback()
-        raise
-    finally:
-        pool.putconn(conn, close=broken or bool(conn.closed))
+    with _slots():
+        conn = pool.getconn()
+        broken = False
+        try:
+            yield conn
+            conn.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        except BaseException:
+            with contextlib.suppress(psycopg2.Error):
+                conn.rollback()
+            raise
+        finally:
+            pool.putconn(conn, close=broken or bool(conn.closed))
 
 
 @overload
@@ -93,5 +102,9 @@ def _probe() -> None:
 
 
 BACKEND = core.Backend(
-    "postgres", _transient, _probe, rejected=_rejected, caches=(_pool.cache_clear,)
+    "postgres",
+    _transient,
+    _probe,
+    rejected=_rejected,
+    caches=(_pool.cache_clear, _slots.cache_clear),
 )

@@ -1,0 +1,95 @@
+"""Event types of the OTA domain (docs/ota.md).
+
+Every change to a job is one `job.<what>` event: a `job_events` row and an `event_outbox` row,
+which the relay publishes to Kafka `job.events` as the record value below (key: the device id)
+with CloudEvents headers of type `objectflow.ota.job.<what>.v1`. Consumers behind a KafkaSource
+(the scheduler) receive them as those CloudEvents.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from functions.runtime.registry import EventData, EventType, register
+
+JobEventKind = Literal[
+    "job.created", "job.updated", "job.cancelled", "job.ready_to_execute", "job.completed"
+]
+KINDS: tuple[str, ...] = JobEventKind.__args__  # type: ignore[attr-defined]
+
+
+def cloudevent_type(kind: str) -> str:
+    """job.created -> objectflow.ota.job.created.v1"""
+    return f"objectflow.ota.{kind}.v1"
+
+
+class Schedule(EventData):
+    """When a job is due: now, at a fixed instant, or at the next occurrence of a cron."""
+
+    kind: Literal["now", "at", "cron"]
+    due_at: datetime = Field(description="The instant the job becomes due (UTC)")
+    cron: str | None = Field(default=None, description="Five-field cron, for kind cron")
+    timezone: str | None = Field(default=None, description="IANA zone of the cron")
+
+
+class JobEvent(EventData):
+    """One change of a job: the Kafka record value on `job.events` and the CloudEvent data."""
+
+    event_id: str
+    type: JobEventKind
+    job_id: str
+    device_id: str
+    firmware_version: str
+    status: str
+    version: int = Field(ge=1, description="The job's version after this change")
+    schedule: Schedule
+    occurred_at: datetime
+    status_reason: str | None = None
+    changes: dict[str, Any] = Field(default={}, description="For job.updated: the new values")
+
+
+class SchedulerTicked(EventData):
+    readied: int = Field(ge=0, description="Due jobs made ready in this tick")
+    cache_rebuilt: bool = Field(description="The Redis due-time cache was rebuilt from PostgreSQL")
+
+
+class OutboxPurged(EventData):
+    deleted: int = Field(ge=0, description="Sent outbox rows older than the retention deleted")
+
+
+register(
+    EventType(
+        cloudevent_type("job.created"),
+        JobEvent,
+        "A firmware job was created (subject: job id; Kafka job.events keyed by device id).",
+    ),
+    EventType(
+        cloudevent_type("job.updated"),
+        JobEvent,
+        "A job was rescheduled or given another firmware (`changes` holds the new values).",
+    ),
+    EventType(cloudevent_type("job.cancelled"), JobEvent, "A job was cancelled before it ran."),
+    EventType(
+        cloudevent_type("job.ready_to_execute"),
+        JobEvent,
+        "A job became due: the scheduler moved it scheduled -> ready (the dispatcher's cue).",
+    ),
+    EventType(
+        cloudevent_type("job.completed"),
+        JobEvent,
+        "A job finished (status completed or failed); emitted by the status path (part 2).",
+    ),
+    EventType(
+        "objectflow.ota.scheduler.ticked.v1",
+        SchedulerTicked,
+        "ota-scheduler finished a tick of the ota-scheduler-tick schedule.",
+    ),
+    EventType(
+        "objectflow.ota.outbox.purged.v1",
+        OutboxPurged,
+        "ota-outbox-purge deleted old sent outbox rows.",
+    ),
+)

@@ -1,0 +1,77 @@
+"""Settings of the OTA domain (`OTA_*`, `MINIO_FIRMWARE_BUCKET`).
+
+Connection settings (PostgreSQL, MinIO, Redis, Kafka) come from functions.runtime.settings;
+these are the domain's own limits and knobs, built lazily and cached like every settings object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from functions.runtime import settings
+
+
+class OtaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    firmware_max_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="Largest upload")
+    schedule_past_tolerance_s: float = Field(
+        default=300, ge=0, description="A schedule_time this far in the past still means now"
+    )
+    mass_max_devices: int = Field(default=10_000, gt=0, description="Devices per mass update")
+
+
+class OutboxSettings(BaseSettings):
+    """The relay and the purge (`OTA_OUTBOX_*`, `OTA_JOB_TOPIC`, `OTA_DLQ_TOPIC`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    outbox_backoff: Annotated[list[float], NoDecode] = Field(
+        default=[1.0, 2.0, 4.0, 8.0],
+        description="Seconds before each retry of a failed row (comma-separated); then job.dlq",
+    )
+    outbox_batch: int = Field(default=500, gt=0, le=10_000, description="Rows per lane and read")
+    outbox_lanes: int = Field(
+        default=16, gt=0, le=1024, description="Lanes (one relay at a time each); same everywhere"
+    )
+    outbox_poll_s: float = Field(default=1.0, gt=0, description="Fallback poll without NOTIFY")
+    outbox_retention_days: float = Field(default=7, gt=0, description="Sent rows kept this long")
+    outbox_purge_chunk: int = Field(default=1000, gt=0, description="Rows deleted per statement")
+    outbox_dlq_payload_bytes: int = Field(
+        default=4096, ge=0, description="Payload bytes a job.dlq record carries (then truncated)"
+    )
+    job_topic: str = Field(default="job.events", min_length=1)
+    dlq_topic: str = Field(default="job.dlq", min_length=1)
+    event_source: str = Field(default="/objectflow/ota", min_length=1, description="ce_source")
+
+    @field_validator("outbox_backoff", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class SchedulerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OTA_SCHEDULER_", extra="ignore")
+
+    batch: int = Field(default=200, gt=0, description="Due jobs readied per transaction")
+    max_batches: int = Field(default=50, gt=0, description="Transactions per tick")
+    cache_ttl_s: int = Field(
+        default=300, gt=0, description="How long the Redis due-time cache is trusted unrebuilt"
+    )
+
+
+class BucketSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
+
+    firmware_bucket: str = "firmware"
+
+
+ota = settings.cached(OtaSettings)
+outbox = settings.cached(OutboxSettings)
+scheduler = settings.cached(SchedulerSettings)
+buckets = settings.cached(BucketSettings)
