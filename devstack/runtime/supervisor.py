@@ -65,8 +65,9 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
     ports = values.ports()
+    # Functions get K_SINK as in a cluster (the chart sets it), so they can post events too.
     found = [
-        _serve(name, function, ports[name], function.env)
+        _serve(name, function, ports[name], {**sink, **function.env})
         for name, function in values.functions.items()
     ]
     # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio.to_thread
 import requests
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from functions.catalog import records, service, uploads
 from functions.catalog import settings as catalog_settings
 from functions.catalog.events import ImageDeleted
-from functions.runtime import http_function
+from functions.runtime import http_function, settings
 from functions.sources import sink
+
+T = TypeVar("T")
 
 SHA256 = r"^[0-9a-f]{64}$"
 IMAGE_TYPES = Literal["image/jpeg", "image/png"]
@@ -98,6 +101,18 @@ UPLOAD_BODY = {
 api = http_function("catalog-api", summary="Product images: upload, links, delete")
 
 
+@functools.cache
+def _workers() -> anyio.CapacityLimiter:
+    """At most one request per pooled PostgreSQL connection works at once; the rest queue
+    (the pool refuses a connection beyond its size instead of waiting for one)."""
+    return anyio.CapacityLimiter(settings.postgres().pool_max)
+
+
+async def _work(fn: Callable[..., T], *args: Any) -> T:
+    """Blocking domain code off the event loop, within the connection pool's size."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_workers())
+
+
 @api.post(
     "/products/{product_id}/images",
     status_code=201,
@@ -106,7 +121,7 @@ api = http_function("catalog-api", summary="Product images: upload, links, delet
 )
 async def upload_image(product_id: uuid.UUID, request: Request) -> dict[str, Any]:
     """Store a JPEG or PNG of at most IMAGE_MAX_BYTES for the product."""
-    await run_in_threadpool(service.check_product, product_id)
+    await _work(service.check_product, product_id)
     limit = catalog_settings.catalog().image_max_bytes
     body = await uploads.read(
         request.headers.get("content-type"),
@@ -114,28 +129,28 @@ async def upload_image(product_id: uuid.UUID, request: Request) -> dict[str, Any
         request.stream(),
         limit,
     )
-    row = await run_in_threadpool(service.upload, product_id, body.data, body.declared)
+    row = await _work(service.upload, product_id, body.data, body.declared)
     return StoredImage.of(row)
 
 
 @api.get("/products/{product_id}/images", response_model=ProductLinks)
-def product_links(product_id: uuid.UUID) -> dict[str, Any]:
+async def product_links(product_id: uuid.UUID) -> dict[str, Any]:
     """Presigned links of all the product's images."""
-    found = service.links(product_id)
+    found = await _work(service.links, product_id)
     return {"product_id": found.product_id, "images": found.images, "cached": found.cached}
 
 
 @api.get("/images/{image_id}", response_model=ImageRecord)
-def image_record(image_id: uuid.UUID) -> dict[str, Any]:
+async def image_record(image_id: uuid.UUID) -> dict[str, Any]:
     """One image's record."""
-    row = service.image(image_id)
+    row = await _work(service.image, image_id)
     return {**StoredImage.of(row), "created_at": row.created_at}
 
 
 @api.delete("/images/{image_id}", status_code=202, response_model=ImageDeletion)
-def delete_image(image_id: uuid.UUID) -> dict[str, Any]:
+async def delete_image(image_id: uuid.UUID) -> dict[str, Any]:
     """Remove the image now; its object is deleted asynchronously."""
-    row, handoff = service.delete_image(image_id, _announce)
+    row, handoff = await _work(service.delete_image, image_id, _announce)
     return {"image_id": row.image_id, "product_id": row.product_id, "key": row.key,
             "object_deletion": handoff}  # fmt: skip
 
