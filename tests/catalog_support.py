@@ -92,14 +92,22 @@ def state(env: dict[str, str], product_id: str) -> dict[str, Any]:
     store = redis_client(env)
     prefix = f"products/{product_id}/"
     return {
-        "product": sql(env, "SELECT product_id::text, deleted_at FROM catalog.products "
-                       "WHERE product_id = %s", product_id),  # fmt: skip
-        "images": sql(env, "SELECT image_id::text, object_key FROM catalog.images "
-                      "WHERE product_id = %s ORDER BY 1", product_id),  # fmt: skip
+        "product": sql(
+            env,
+            "SELECT product_id::text, deleted_at FROM catalog.products WHERE product_id = %s",
+            product_id,
+        ),
+        "images": sql(
+            env,
+            "SELECT image_id::text, object_key FROM catalog.images "
+            "WHERE product_id = %s ORDER BY 1",
+            product_id,
+        ),
         "objects": objects(env, product_id),
         "links": store.get(f"catalog:links:{product_id}"),
-        "failed": sorted(k.decode() for k in store.smembers("failed_deletes")
-                         if k.decode().startswith(prefix)),  # fmt: skip
+        "failed": sorted(
+            k.decode() for k in store.smembers("failed_deletes") if k.decode().startswith(prefix)
+        ),
     }
 
 

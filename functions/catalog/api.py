@@ -151,8 +151,12 @@ async def image_record(image_id: uuid.UUID) -> dict[str, Any]:
 async def delete_image(image_id: uuid.UUID) -> dict[str, Any]:
     """Remove the image now; its object is deleted asynchronously."""
     row, handoff = await _work(service.delete_image, image_id, _announce)
-    return {"image_id": row.image_id, "product_id": row.product_id, "key": row.key,
-            "object_deletion": handoff}  # fmt: skip
+    return {
+        "image_id": row.image_id,
+        "product_id": row.product_id,
+        "key": row.key,
+        "object_deletion": handoff,
+    }
 
 
 @functools.cache

@@ -21,7 +21,6 @@ LINKS = Counter(
 )
 RETRIED = Counter(
     "objectflow_catalog_deletes_retried_total",
-    "What catalog-retry-deletes did, by count (retried, deleted, still_failing, "
-    "orphans_removed).",
+    "What catalog-retry-deletes did, by count (retried, deleted, still_failing, orphans_removed).",
     ["count"],
 )

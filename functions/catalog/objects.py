@@ -11,7 +11,7 @@ import functools
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from functions.catalog import settings as catalog_settings
 from functions.runtime import clients, settings
@@ -34,10 +34,13 @@ def bucket() -> str:
 def put(object_key: str, data: bytes, content_type: str, sha256: str) -> None:
     clients.s3.call(
         lambda s3: s3.put_object(
-            Bucket=bucket(), Key=object_key, Body=data, ContentType=content_type,
+            Bucket=bucket(),
+            Key=object_key,
+            Body=data,
+            ContentType=content_type,
             Metadata={"sha256": sha256},
         )
-    )  # fmt: skip
+    )
 
 
 def delete(object_key: str) -> None:
@@ -51,11 +54,12 @@ def delete_many(keys: list[str]) -> set[str]:
     failed: set[str] = set()
     for start in range(0, len(keys), BATCH):
         batch = keys[start : start + BATCH]
-        answer = clients.s3.call(
-            lambda s3, batch=batch: s3.delete_objects(
-                Bucket=bucket(), Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
-            )
-        )
+
+        def delete_batch(s3: S3Client, batch: list[str] = batch) -> Any:
+            listing = {"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            return s3.delete_objects(Bucket=bucket(), Delete=listing)  # type: ignore[arg-type]
+
+        answer = clients.s3.call(delete_batch)
         failed |= {error["Key"] for error in answer.get("Errors", []) if "Key" in error}
     return failed
 
@@ -64,11 +68,12 @@ def listed(prefix: str = PREFIX) -> Iterator[tuple[str, datetime]]:
     """(key, last modified) of every object under `prefix`, page by page."""
     token: str | None = None
     while True:
-        page = clients.s3.call(
-            lambda s3: s3.list_objects_v2(
-                Bucket=bucket(), Prefix=prefix, **({"ContinuationToken": token} if token else {})
-            )
-        )
+        more = {"ContinuationToken": token} if token else {}
+
+        def list_page(s3: S3Client, more: dict[str, str] = more) -> Any:
+            return s3.list_objects_v2(Bucket=bucket(), Prefix=prefix, **more)  # type: ignore[arg-type]
+
+        page = clients.s3.call(list_page)
         for item in page.get("Contents", []):
             yield item["Key"], item["LastModified"]
         if not page.get("IsTruncated"):

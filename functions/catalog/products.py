@@ -33,5 +33,5 @@ def catalog_products(event: Event[KafkaRecord]) -> None:
         log.info("product recorded", extra={"product_id": str(product_id), "new": new})
     else:
         done = service.product_deleted(product_id)
-        log.info("product deleted", extra={"product_id": str(product_id), "rows": done.rows,
-                                           "objects": done.objects, "failed": done.failed})  # fmt: skip
+        counts = {"rows": done.rows, "objects": done.objects, "failed": done.failed}
+        log.info("product deleted", extra={"product_id": str(product_id), **counts})

@@ -82,9 +82,19 @@ def bump_links(cur: Cursor, product_id: uuid.UUID) -> None:
 def insert_image(cur: Cursor, image: ImageRow) -> None:
     cur.execute(
         f"INSERT INTO catalog.images ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (str(image.image_id), str(image.product_id), image.bucket, image.key, image.content_type,
-         image.size, image.sha256, image.width, image.height, image.created_at),
-    )  # fmt: skip
+        (
+            str(image.image_id),
+            str(image.product_id),
+            image.bucket,
+            image.key,
+            image.content_type,
+            image.size,
+            image.sha256,
+            image.width,
+            image.height,
+            image.created_at,
+        ),
+    )
 
 
 def image(cur: Cursor, image_id: uuid.UUID) -> ImageRow | None:

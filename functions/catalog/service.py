@@ -7,6 +7,7 @@ runtime's ObjectflowError kinds, so every adapter maps them the same way.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -35,8 +36,9 @@ def _forget_links(product_id: uuid.UUID) -> None:
     try:
         clients.redis.call(lambda r: cache.forget_links(r, product_id))
     except ObjectflowError as exc:
-        log.warning("cached links not dropped", extra={"product_id": str(product_id),
-                                                       "error": exc.detail})  # fmt: skip
+        log.warning(
+            "cached links not dropped", extra={"product_id": str(product_id), "error": exc.detail}
+        )
 
 
 # --- upload -----------------------------------------------------------------------------------
@@ -64,10 +66,17 @@ def upload(product_id: uuid.UUID, data: bytes, declared: str | None = None) -> r
         raise
     image_id = uuid.uuid4()
     row = records.ImageRow(
-        image_id, product_id, objects.bucket(), objects.key(product_id, image_id, found.extension),
-        found.content_type, found.size, found.sha256, found.width, found.height,
+        image_id,
+        product_id,
+        objects.bucket(),
+        objects.key(product_id, image_id, found.extension),
+        found.content_type,
+        found.size,
+        found.sha256,
+        found.width,
+        found.height,
         datetime.now(UTC),
-    )  # fmt: skip
+    )
     uploaded = False
 
     def store(cur: Cursor) -> None:
@@ -99,8 +108,10 @@ def _undo_upload(row: records.ImageRow) -> None:
             metrics.DELETES.labels("deleted").inc()
     except ObjectflowError as exc:
         metrics.DELETES.labels("orphan").inc()
-        log.warning("upload not undone; catalog-retry-deletes removes the object",
-                    extra={"key": row.key, "error": exc.detail})  # fmt: skip
+        log.warning(
+            "upload not undone; catalog-retry-deletes removes the object",
+            extra={"key": row.key, "error": exc.detail},
+        )
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -137,11 +148,15 @@ def links(product_id: uuid.UUID) -> Links:
     rows = clients.postgres.transaction(lambda cur: records.images_of(cur, product_id))
     expires = datetime.now(UTC) + timedelta(seconds=cfg.image_link_expiry_seconds)
     listed = [
-        {"image_id": str(r.image_id), "url": objects.presign(r.key, cfg.image_link_expiry_seconds),
-         "content_type": r.content_type, "size": r.size,
-         "expires_at": expires.isoformat().replace("+00:00", "Z")}
+        {
+            "image_id": str(r.image_id),
+            "url": objects.presign(r.key, cfg.image_link_expiry_seconds),
+            "content_type": r.content_type,
+            "size": r.size,
+            "expires_at": expires.isoformat().replace("+00:00", "Z"),
+        }
         for r in rows
-    ]  # fmt: skip
+    ]
     ttl = cfg.image_links_ttl_seconds
     _redis_or_none(lambda r: cache.cache_links(r, product_id, version, listed, ttl))
     metrics.LINKS.labels("miss").inc()
@@ -161,9 +176,9 @@ def _redis_or_none(fn: Callable[[Any], Any]) -> Any:
 Handoff = Literal["broker", "failed_deletes", "orphan-sweep"]
 
 
-def delete_image(image_id: uuid.UUID, announce: Callable[[ImageDeleted], None]) -> tuple[
-    records.ImageRow, Handoff
-]:
+def delete_image(
+    image_id: uuid.UUID, announce: Callable[[ImageDeleted], None]
+) -> tuple[records.ImageRow, Handoff]:
     """Remove the row (and retire the cached links) in one transaction, then hand the object's
     deletion to catalog-image-delete through `announce`; if that fails, straight to
     failed_deletes; if Redis is down too, the sweep finds the object without a row later."""
@@ -195,8 +210,9 @@ def delete_object(key: str) -> bool:
     try:
         objects.delete(key)
     except DependencyUnavailable as exc:
-        log.warning("object delete failed, kept in failed_deletes",
-                    extra={"key": key, "error": exc.detail})  # fmt: skip
+        log.warning(
+            "object delete failed, kept in failed_deletes", extra={"key": key, "error": exc.detail}
+        )
         clients.redis.call(lambda r: cache.add_failed(r, [key]))
         metrics.DELETES.labels("failed").inc()
         return False
@@ -269,8 +285,7 @@ def _sweep(age_seconds: int, now: datetime | None) -> int:
     removed = 0
     for start in range(0, len(old), objects.BATCH):
         batch = old[start : start + objects.BATCH]
-        kept = clients.postgres.transaction(lambda cur, b=batch: records.keys_with_rows(cur, b))
+        kept = clients.postgres.transaction(functools.partial(records.keys_with_rows, keys=batch))
         orphans = [k for k in batch if k not in kept]
         removed += len(orphans) - len(objects.delete_many(orphans))
     return removed
-

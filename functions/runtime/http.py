@@ -123,7 +123,9 @@ class HttpFunction(FastAPI):
                               if (regex := getattr(route, "path_regex", None)) is not None
                               and regex.match(request.url.path)
                               for method in getattr(route, "methods", None) or ()})  # fmt: skip
-            headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)} if allowed else exc.headers
+            headers = (
+                {**(exc.headers or {}), "Allow": ", ".join(allowed)} if allowed else exc.headers
+            )
             return error(405, {"error": "method-not-allowed", "detail": detail}, headers)
         kind = "bad-request" if exc.status_code == 400 else f"http-{exc.status_code}"
         return error(exc.status_code, {"error": kind, "detail": str(exc.detail)}, exc.headers)

@@ -26,11 +26,15 @@ def handled(values: wiring.Values) -> int:
     """Kafka records catalog-products has answered so far (any outcome), from its /metrics."""
     port = values.function_ports()["catalog-products"]
     text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return int(sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith("objectflow_events_total{") and 'function="catalog-products"' in line
-        and 'type="dev.knative.kafka.event"' in line
-    ))  # fmt: skip
+    return int(
+        sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("objectflow_events_total{")
+            and 'function="catalog-products"' in line
+            and 'type="dev.knative.kafka.event"' in line
+        )
+    )
 
 
 @pytest.fixture
@@ -47,8 +51,9 @@ def product_service(stack_env: dict[str, str]) -> Iterator[Callable[..., Any]]:
 
 
 def product_row(env: dict[str, str], product_id: str) -> list[tuple[Any, ...]]:
-    return sql(env, "SELECT created_at, deleted_at FROM catalog.products WHERE product_id = %s",
-               product_id)  # fmt: skip
+    return sql(
+        env, "SELECT created_at, deleted_at FROM catalog.products WHERE product_id = %s", product_id
+    )
 
 
 def new_id() -> str:

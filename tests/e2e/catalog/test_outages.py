@@ -4,6 +4,7 @@ upload, Redis throughout. Nothing is lost and nothing is left over."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ import requests
 
 from devstack import wiring
 from devstack.runtime import ticker
+from functions.runtime.adapter import REPLY_NAMESPACE
 from tests.catalog_support import jpeg, png, redis_client, sql, state
 from tests.e2e.catalog.conftest import new_id
 from tests.support import E2E_OVERLAY, start_stack, stop_service, wait_for
@@ -41,28 +43,24 @@ def outage() -> Iterator[Callable[[str], None]]:
 
 
 def upload(api_url: str, product: str, data: bytes, kind: str = "image/jpeg") -> Any:
-    return requests.post(f"{api_url}/products/{product}/images", data=data, timeout=60,
-                         headers={"content-type": kind})  # fmt: skip
+    return requests.post(
+        f"{api_url}/products/{product}/images",
+        data=data,
+        timeout=60,
+        headers={"content-type": kind},
+    )
 
 
 def retry_deletes(deliveries: Deliveries) -> dict[str, Any]:
-    """`objectflow tick catalog-retry-deletes`, and the counts it replied."""
-    event = ticker.fire_by_hand("catalog-retry-deletes", [E2E_OVERLAY])
+    """`objectflow tick catalog-retry-deletes`, and the counts it replied (the reply's id is
+    derived from the tick's, functions.runtime.adapter)."""
+    tick = ticker.fire_by_hand("catalog-retry-deletes", [E2E_OVERLAY])
+    reply = "objectflow.catalog.deletes-retried.v1"
+    reply_id = str(uuid.uuid5(REPLY_NAMESPACE, f"{tick['source']}\x00{tick['id']}\x00{reply}"))
     found = wait_for(
-        lambda: [d for d in deliveries("e2e-sources")
-                 if d["type"] == "objectflow.catalog.deletes-retried.v1"
-                 and event["id"] in str(d.get("extensions")) or False]
-        or [d for d in deliveries("e2e-sources")
-            if d["type"] == "objectflow.catalog.deletes-retried.v1" and d["at"] > _at(event)],
-        timeout=60, what="the deletes-retried reply",
-    )  # fmt: skip
-    return dict(found[-1]["data"])
-
-
-def _at(event: Any) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+        lambda: deliveries("e2e-sources", reply_id), timeout=60, what="the deletes-retried reply"
+    )
+    return dict(found[0]["data"])
 
 
 def test_minio_down_during_an_upload(
@@ -78,16 +76,22 @@ def test_minio_down_during_an_upload(
 
 
 def test_minio_down_during_a_delete(
-    api_url: str, stack_env: dict[str, str], product: str, outage: Callable[[str], None],
+    api_url: str,
+    stack_env: dict[str, str],
+    product: str,
+    outage: Callable[[str], None],
     deliveries: Deliveries,
-) -> None:  # fmt: skip
+) -> None:
     stored = upload(api_url, product, png()).json()
     outage("minio")
     gone = requests.delete(f"{api_url}/images/{stored['image_id']}", timeout=30)
     assert gone.status_code == 202
     store = redis_client(stack_env)
-    wait_for(lambda: store.sismember("failed_deletes", stored["key"]), timeout=60,
-             what="the key in failed_deletes")  # fmt: skip
+    wait_for(
+        lambda: store.sismember("failed_deletes", stored["key"]),
+        timeout=60,
+        what="the key in failed_deletes",
+    )
     start_stack()
     assert state(stack_env, product)["objects"] == [stored["key"]]  # still there
     counts = retry_deletes(deliveries)
@@ -97,9 +101,12 @@ def test_minio_down_during_a_delete(
 
 
 def test_postgres_down_during_an_upload(
-    api_url: str, stack_env: dict[str, str], product: str, outage: Callable[[str], None],
+    api_url: str,
+    stack_env: dict[str, str],
+    product: str,
+    outage: Callable[[str], None],
     deliveries: Deliveries,
-) -> None:  # fmt: skip
+) -> None:
     before = state(stack_env, product)
     outage("postgres")
     answer = upload(api_url, product, jpeg(seed=4))
@@ -117,15 +124,24 @@ def test_orphans_are_swept_by_the_schedule(
 
     orphan = f"products/{product}/{new_id()}.jpg"
     s3_client(stack_env).put_object(Bucket="product-images", Key=orphan, Body=jpeg())
-    wait_for(lambda: retry_deletes(deliveries)["orphans_removed"] >= 1
-             and orphan not in state(stack_env, product)["objects"],
-             timeout=60, interval=1.0, what="the orphan swept")  # fmt: skip
+    wait_for(
+        lambda: (
+            retry_deletes(deliveries)["orphans_removed"] >= 1
+            and orphan not in state(stack_env, product)["objects"]
+        ),
+        timeout=60,
+        interval=1.0,
+        what="the orphan swept",
+    )
 
 
 def test_redis_down(
-    api_url: str, stack_env: dict[str, str], product: str, outage: Callable[[str], None],
+    api_url: str,
+    stack_env: dict[str, str],
+    product: str,
+    outage: Callable[[str], None],
     values: wiring.Values,
-) -> None:  # fmt: skip
+) -> None:
     kept = upload(api_url, product, jpeg(seed=8)).json()
     assert requests.get(f"{api_url}/products/{product}/images", timeout=10).status_code == 200
     outage("redis")
@@ -137,8 +153,11 @@ def test_redis_down(
         assert len(listed.json()["images"]) == 2
     gone = requests.delete(f"{api_url}/images/{kept['image_id']}", timeout=30)
     assert gone.status_code == 202 and gone.json()["object_deletion"] == "broker"
-    wait_for(lambda: kept["key"] not in state(stack_env, product)["objects"], timeout=60,
-             what="the object deleted without Redis")  # fmt: skip
+    wait_for(
+        lambda: kept["key"] not in state(stack_env, product)["objects"],
+        timeout=60,
+        what="the object deleted without Redis",
+    )
     start_stack()
     first = requests.get(f"{api_url}/products/{product}/images", timeout=10).json()
     second = requests.get(f"{api_url}/products/{product}/images", timeout=10).json()

@@ -47,13 +47,23 @@ def test_upload_list_download_delete(
     first = upload_multipart(api, product, photo)
     assert first.status_code == 201, first.text
     body = first.json()
-    assert set(body) == {"image_id", "product_id", "key", "content_type", "size", "sha256",
-                         "width", "height"}  # fmt: skip
+    assert set(body) == {
+        "image_id",
+        "product_id",
+        "key",
+        "content_type",
+        "size",
+        "sha256",
+        "width",
+        "height",
+    }
     assert body["product_id"] == product
     assert body["key"] == f"products/{product}/{body['image_id']}.jpg"
     assert (body["content_type"], body["size"], body["sha256"]) == (
-        "image/jpeg", len(photo), sha256(photo)
-    )  # fmt: skip
+        "image/jpeg",
+        len(photo),
+        sha256(photo),
+    )
     assert (body["width"], body["height"]) == (320, 200)
     second = upload_raw(api, product, drawing, "image/png")
     assert second.status_code == 201, second.text
@@ -122,8 +132,11 @@ def test_too_large_is_413_while_streaming(api: Any, catalog_env: dict[str, str])
         upload_multipart(api, product, oversized),
         upload_raw(api, product, oversized, "image/jpeg"),
         # no Content-Length: the limit is counted on the bytes as they arrive
-        api.post(f"/products/{product}/images", content=iter([oversized[:MiB]] * 6),
-                 headers={"content-type": "image/jpeg"}),  # fmt: skip
+        api.post(
+            f"/products/{product}/images",
+            content=iter([oversized[:MiB]] * 6),
+            headers={"content-type": "image/jpeg"},
+        ),
     ):
         assert answer.status_code == 413, answer.text
         assert answer.json()["error"] == "image-too-large"
@@ -155,8 +168,9 @@ def test_wrong_content_type_and_bad_ids(api: Any, catalog_env: dict[str, str]) -
 
 def test_deleted_product_takes_no_uploads(api: Any, catalog_env: dict[str, str]) -> None:
     product = new_product(catalog_env)
-    sql(catalog_env, "UPDATE catalog.products SET deleted_at = now() WHERE product_id = %s",
-        product)  # fmt: skip
+    sql(
+        catalog_env, "UPDATE catalog.products SET deleted_at = now() WHERE product_id = %s", product
+    )
     before = state(catalog_env, product)
     assert upload_raw(api, product, png(), "image/png").status_code == 404
     assert api.get(f"/products/{product}/images").status_code == 404
@@ -216,5 +230,8 @@ def test_orphans_older_than_the_age_are_swept(catalog_env: dict[str, str]) -> No
     assert report.orphans_removed >= 1
     assert state(catalog_env, product)["objects"] == []
     assert json.loads(report.model_dump_json()).keys() == {
-        "retried", "deleted", "still_failing", "orphans_removed"
-    }  # fmt: skip
+        "retried",
+        "deleted",
+        "still_failing",
+        "orphans_removed",
+    }

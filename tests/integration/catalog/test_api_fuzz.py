@@ -25,9 +25,7 @@ def product(catalog_env: dict[str, str]) -> str:
 
 
 @schema.parametrize()
-@settings(
-    max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True
-)
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_catalog_api_matches_its_document(case: Any, product: str) -> None:
     # Random product ids are all unknown (404); half the examples name a live product, so the
     # generated bodies reach the upload's checks and the links are really listed.

@@ -31,9 +31,12 @@ def products(catalog_env: dict[str, str]) -> Any:
 
 def record(topic: str, value: Any, key: str | None = None) -> tuple[dict[str, str], bytes]:
     """What the Kafka source posts for one record (devstack/runtime/kafka_source.py)."""
-    attributes = {"type": "dev.knative.kafka.event", "source": SOURCE.format(topic, topic),
-                  "id": f"partition:0/offset:{uuid.uuid4().int % 10**9}",
-                  "datacontenttype": "application/json"}  # fmt: skip
+    attributes = {
+        "type": "dev.knative.kafka.event",
+        "source": SOURCE.format(topic, topic),
+        "id": f"partition:0/offset:{uuid.uuid4().int % 10**9}",
+        "datacontenttype": "application/json",
+    }
     if key is not None:
         attributes["key"] = attributes["partitionkey"] = key
     headers, body = to_binary(CloudEvent(attributes, value))
@@ -52,10 +55,11 @@ def test_created_then_deleted_then_replayed(
     assert send(products, "created", {"productId": product}, key=product).status_code == 204
     assert send(products, "created", {"productId": product}).status_code == 204  # replay
     keys = [
-        api.post(f"/products/{product}/images", content=data,
-                 headers={"content-type": kind}).json()["key"]
+        api.post(
+            f"/products/{product}/images", content=data, headers={"content-type": kind}
+        ).json()["key"]
         for data, kind in ((jpeg(seed=5), "image/jpeg"), (png(seed=6), "image/png"))
-    ]  # fmt: skip
+    ]
     api.get(f"/products/{product}/images")  # cache the links
     assert state(catalog_env, product)["objects"] == sorted(keys)
 
@@ -66,8 +70,12 @@ def test_created_then_deleted_then_replayed(
     assert send(products, "deleted", {"id": product}).status_code == 204
     assert send(products, "created", {"productId": product}).status_code == 204
     assert state(catalog_env, product) == after  # the replayed created does not resurrect it
-    assert api.post(f"/products/{product}/images", content=jpeg(),
-                    headers={"content-type": "image/jpeg"}).status_code == 404  # fmt: skip
+    assert (
+        api.post(
+            f"/products/{product}/images", content=jpeg(), headers={"content-type": "image/jpeg"}
+        ).status_code
+        == 404
+    )
 
 
 @pytest.mark.parametrize(
@@ -103,20 +111,32 @@ def test_image_delete_and_retry_replies(api: Any, catalog_env: dict[str, str]) -
     retry = function("retry_deletes", "catalog_retry_deletes")
     product = str(uuid.uuid4())
     send(function("products", "catalog_products"), "created", product)
-    stored = api.post(f"/products/{product}/images", content=jpeg(),
-                      headers={"content-type": "image/jpeg"}).json()  # fmt: skip
-    data = {"image_id": stored["image_id"], "product_id": product, "bucket": "product-images",
-            "key": stored["key"]}  # fmt: skip
-    event = CloudEvent({"type": "objectflow.catalog.image.deleted.v1", "source": "/test",
-                        "id": str(uuid.uuid4())}, data)  # fmt: skip
+    stored = api.post(
+        f"/products/{product}/images", content=jpeg(), headers={"content-type": "image/jpeg"}
+    ).json()
+    data = {
+        "image_id": stored["image_id"],
+        "product_id": product,
+        "bucket": "product-images",
+        "key": stored["key"],
+    }
+    event = CloudEvent(
+        {"type": "objectflow.catalog.image.deleted.v1", "source": "/test", "id": str(uuid.uuid4())},
+        data,
+    )
     headers, body = to_binary(event)
     assert deleter.post("/", headers=dict(headers), data=body).status_code == 204
     assert state(catalog_env, product)["objects"] == []
 
     redis_client(catalog_env).sadd("failed_deletes", f"products/{product}/{uuid.uuid4()}.jpg")
-    ping = CloudEvent({"type": "dev.knative.sources.ping", "id": str(uuid.uuid4()),
-                       "source": "/apis/v1/namespaces/objectflow/pingsources/"
-                                 "catalog-retry-deletes"}, {})  # fmt: skip
+    ping = CloudEvent(
+        {
+            "type": "dev.knative.sources.ping",
+            "id": str(uuid.uuid4()),
+            "source": "/apis/v1/namespaces/objectflow/pingsources/catalog-retry-deletes",
+        },
+        {},
+    )
     headers, body = to_binary(ping)
     answer = retry.post("/", headers=dict(headers), data=body)
     assert answer.status_code == 200
