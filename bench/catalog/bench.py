@@ -46,7 +46,7 @@ def _jpeg(kib: int, seed: int) -> bytes:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    side = int((kib * 1024 / 1.45) ** 0.5)
+    side = int((kib * 1024 / 0.9) ** 0.5)  # ~0.9 bytes per pixel at quality 90
     image = Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8))
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=90)
