@@ -301,7 +301,7 @@ def test_http_components_run_under_asgi_and_cloudevent_ones_do_not() -> None:
         kind = values.served()[component.name].kind
         assert ("--asgi" in component.command) == (kind == "http"), component.name
     assert {c.name for c in supervisor.components(values) if "--asgi" in c.command} == {
-        "camera-api", "dead-letter", "minio-webhook"
+        "camera-api", "catalog-api", "dead-letter", "minio-webhook"
     }  # fmt: skip
 
 
@@ -370,16 +370,20 @@ def test_the_entrypoint_check_catches_a_missing_target(tmp_path: Path) -> None:
 def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: Path) -> None:
     values = wiring.load()
     assert values.infrastructure() == wiring.Infrastructure(
-        buckets={"MINIO_RAW_BUCKET": "thermo-raw", "MINIO_PROCESSED_BUCKET": "thermo-processed"},
-        topics={},
+        buckets={
+            "MINIO_RAW_BUCKET": "thermo-raw",
+            "MINIO_PROCESSED_BUCKET": "thermo-processed",
+            "MINIO_PRODUCT_BUCKET": "product-images",
+        },
+        topics={"product.created": 3, "product.deleted": 3},
         collections=(),
     )
     more = load_with(
         tmp_path,
         {
             "domains": {
-                "shop": {"buckets": {"MINIO_PRODUCT_BUCKET": "product-images"},
-                         "topics": {"product.created": 2, "e2e.events": 6},
+                "shop": {"buckets": {"MINIO_SHOP_BUCKET": "shop-images"},
+                         "topics": {"product.created": 5, "e2e.events": 6},
                          "collections": ["orders"]},
                 "other": {"topics": {"product.created": 1}, "collections": ["orders", "x"]},
             },
@@ -391,11 +395,12 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
         "MINIO_RAW_BUCKET": "thermo-raw",
         "MINIO_PROCESSED_BUCKET": "thermo-processed",
         "MINIO_PRODUCT_BUCKET": "product-images",
+        "MINIO_SHOP_BUCKET": "shop-images",
     }
     # the largest partition count wins; a Kafka source's topic no domain declares gets 3
-    assert infrastructure.topics == {"product.created": 2, "e2e.events": 6}
+    assert infrastructure.topics == {"product.created": 5, "product.deleted": 3, "e2e.events": 6}
     assert infrastructure.collections == ("orders", "x")
-    assert wiring.load(E2E).infrastructure().topics == {"e2e.events": 3}
+    assert wiring.load(E2E).infrastructure().topics["e2e.events"] == 3
 
 
 def test_two_domains_may_not_give_one_bucket_env_two_buckets(tmp_path: Path) -> None:
@@ -410,7 +415,7 @@ def test_the_env_file_holds_the_domains_buckets_and_no_others(tmp_path: Path) ->
     assert env["MINIO_RAW_BUCKET"] == "thermo-raw"
     assert env["MINIO_PROCESSED_BUCKET"] == "thermo-processed"
     assert {k for k in env if k.endswith("_BUCKET")} == {
-        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET"
+        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET", "MINIO_PRODUCT_BUCKET"
     }  # fmt: skip
 
 
@@ -425,8 +430,12 @@ def test_the_services_provision_exactly_the_infrastructure() -> None:
     assert services["minio"].provision_inputs[0] == ["bucket-a"]
     assert services["ferretdb"].provision_inputs[1:] == ["c"]
     default = specs()
-    assert default["kafka"].provision_inputs == {}
-    assert default["minio"].provision_inputs[0] == ["thermo-processed", "thermo-raw"]
+    assert default["kafka"].provision_inputs == {"product.created": 3, "product.deleted": 3}
+    assert default["minio"].provision_inputs[0] == [
+        "product-images",
+        "thermo-processed",
+        "thermo-raw",
+    ]
 
 
 # --- the broker's retry waits --------------------------------------------------------------------
