@@ -18,8 +18,11 @@ from tests.catalog_support import BAD_FILES, jpeg, png
 P = str(uuid.uuid4())
 
 
-@pytest.mark.parametrize("value", [{"productId": P}, {"id": P}, P, {"productId": P, "id": P},
-                                   {"productId": P.upper()}, {"productId": P, "name": "x"}])  # fmt: skip
+FORMS = [{"productId": P}, {"id": P}, P, {"productId": P, "id": P}, {"productId": P.upper()},
+         {"productId": P, "name": "x"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", FORMS)
 def test_product_reference_forms(value: Any) -> None:
     assert product_reference(value, None) == uuid.UUID(P)
     assert product_reference(value, P) == uuid.UUID(P)
@@ -71,8 +74,8 @@ def read(content_type: str | None, length: str | None, *parts: bytes, limit: int
 
 
 def multipart(name: str, data: bytes) -> tuple[str, bytes]:
-    body = (b"--b1\r\nContent-Disposition: form-data; name=\"" + name.encode() +
-            b"\"; filename=\"x.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n" + data + b"\r\n--b1--\r\n")  # fmt: skip
+    disposition = b'Content-Disposition: form-data; name="' + name.encode() + b'"; filename="x"'
+    body = b"--b1\r\n" + disposition + b"\r\n\r\n" + data + b"\r\n--b1--\r\n"
     return "multipart/form-data; boundary=b1", body
 
 
