@@ -82,7 +82,7 @@ def test_minio_down_during_a_delete(
     outage: Callable[[str], None],
     deliveries: Deliveries,
 ) -> None:
-    stored = upload(api_url, product, png()).json()
+    stored = upload(api_url, product, png(), "image/png").json()
     outage("minio")
     gone = requests.delete(f"{api_url}/images/{stored['image_id']}", timeout=30)
     assert gone.status_code == 202
@@ -145,7 +145,7 @@ def test_redis_down(
     kept = upload(api_url, product, jpeg(seed=8)).json()
     assert requests.get(f"{api_url}/products/{product}/images", timeout=10).status_code == 200
     outage("redis")
-    stored = upload(api_url, product, png(seed=9))
+    stored = upload(api_url, product, png(seed=9), "image/png")
     assert stored.status_code == 201, stored.text
     for _ in range(2):
         listed = requests.get(f"{api_url}/products/{product}/images", timeout=30)
