@@ -14,7 +14,7 @@ import requests
 from devstack import wiring
 from devstack.runtime import ticker
 from functions.runtime.adapter import REPLY_NAMESPACE
-from tests.catalog_support import jpeg, png, redis_client, sql, state
+from tests.catalog_support import jpeg, objects, png, redis_client, sql, state
 from tests.e2e.catalog.conftest import new_id
 from tests.support import E2E_OVERLAY, start_stack, stop_service, wait_for
 
@@ -154,7 +154,7 @@ def test_redis_down(
     gone = requests.delete(f"{api_url}/images/{kept['image_id']}", timeout=30)
     assert gone.status_code == 202 and gone.json()["object_deletion"] == "broker"
     wait_for(
-        lambda: kept["key"] not in state(stack_env, product)["objects"],
+        lambda: kept["key"] not in objects(stack_env, product),
         timeout=60,
         what="the object deleted without Redis",
     )
