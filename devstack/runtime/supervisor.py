@@ -76,9 +76,10 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     sink = {"K_SINK": broker_url(values)}
     ports = values.ports()
     # A function with `scale` runs several processes: `<name>`, `<name>.2`, ... (K_SERVICE
-    # is the function's name in each).
+    # is the function's name in each). Functions get K_SINK as in a cluster (the chart sets
+    # it), so they can post events too.
     found = [
-        _serve(process, function, port, {"K_SERVICE": name, **function.env})
+        _serve(process, function, port, {"K_SERVICE": name, **sink, **function.env})
         for name, function in values.functions.items()
         for process, port in zip(
             process_names(name, function), values.process_ports()[name], strict=True

@@ -119,7 +119,15 @@ class HttpFunction(FastAPI):
             return error(404, {"error": "not-found", "detail": detail})
         if exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-            return error(405, {"error": "method-not-allowed", "detail": detail}, exc.headers)
+            # Starlette's Allow names only the first route matching the path; list them all.
+            allowed = sorted({method for route in self.routes
+                              if (regex := getattr(route, "path_regex", None)) is not None
+                              and regex.match(request.url.path)
+                              for method in getattr(route, "methods", None) or ()})  # fmt: skip
+            headers = (
+                {**(exc.headers or {}), "Allow": ", ".join(allowed)} if allowed else exc.headers
+            )
+            return error(405, {"error": "method-not-allowed", "detail": detail}, headers)
         kind = "bad-request" if exc.status_code == 400 else f"http-{exc.status_code}"
         return error(exc.status_code, {"error": kind, "detail": str(exc.detail)}, exc.headers)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel
 
 from functions.runtime.registry import EventData, EventType, register
 
@@ -46,6 +46,14 @@ class Ping(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+# --- Kafka: what a KafkaSource sends for a record that is not itself a CloudEvent -----------
+
+
+class KafkaRecord(RootModel[JsonValue]):
+    """The record's value as JSON, whatever it holds; its key is the `key` extension. The
+    consuming domain validates the shape (a value that is not JSON never gets this far)."""
+
+
 register(
     EventType(
         "objectflow.s3.object.created.v1",
@@ -56,6 +64,11 @@ register(
         "objectflow.s3.object.removed.v1",
         S3ObjectRemoved,
         "An object was deleted from a watched MinIO bucket (subject: bucket/key).",
+    ),
+    EventType(
+        "dev.knative.kafka.event",
+        KafkaRecord,
+        "A Kafka record (source: /apis/v1/namespaces/<ns>/kafkasources/<name>#<topic>).",
     ),
     EventType(
         "dev.knative.sources.ping",

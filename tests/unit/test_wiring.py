@@ -369,17 +369,22 @@ def test_the_entrypoint_check_catches_a_missing_target(tmp_path: Path) -> None:
 def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: Path) -> None:
     values = wiring.load()
     assert values.infrastructure() == wiring.Infrastructure(
-        buckets={"MINIO_RAW_BUCKET": "thermo-raw", "MINIO_PROCESSED_BUCKET": "thermo-processed",
-                 "MINIO_DETECTIONS_BUCKET": "detections", "MINIO_FIRMWARE_BUCKET": "firmware"},
-        topics={"job.events": 6, "job.dlq": 1},
+        buckets={
+            "MINIO_RAW_BUCKET": "thermo-raw",
+            "MINIO_PROCESSED_BUCKET": "thermo-processed",
+            "MINIO_PRODUCT_BUCKET": "product-images",
+            "MINIO_DETECTIONS_BUCKET": "detections",
+            "MINIO_FIRMWARE_BUCKET": "firmware",
+        },
+        topics={"product.created": 3, "product.deleted": 3, "job.events": 6, "job.dlq": 1},
         collections=("runner_predictions",),
-    )  # fmt: skip
+    )
     more = load_with(
         tmp_path,
         {
             "domains": {
-                "shop": {"buckets": {"MINIO_PRODUCT_BUCKET": "product-images"},
-                         "topics": {"product.created": 2, "e2e.events": 6},
+                "shop": {"buckets": {"MINIO_SHOP_BUCKET": "shop-images"},
+                         "topics": {"product.created": 5, "e2e.events": 6},
                          "collections": ["orders"]},
                 "other": {"topics": {"product.created": 1}, "collections": ["orders", "x"]},
             },
@@ -393,12 +398,14 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
         "MINIO_DETECTIONS_BUCKET": "detections",
         "MINIO_FIRMWARE_BUCKET": "firmware",
         "MINIO_PRODUCT_BUCKET": "product-images",
+        "MINIO_SHOP_BUCKET": "shop-images",
     }
     # the largest partition count wins; a Kafka source's topic no domain declares gets 3
-    ota = {"job.events": 6, "job.dlq": 1}
-    assert infrastructure.topics == {**ota, "product.created": 2, "e2e.events": 6}
+    assert infrastructure.topics == {
+        "product.created": 5, "product.deleted": 3, "job.events": 6, "job.dlq": 1, "e2e.events": 6,
+    }  # fmt: skip
     assert infrastructure.collections == ("runner_predictions", "orders", "x")
-    assert wiring.load(E2E).infrastructure().topics == {**ota, "e2e.events": 3}
+    assert wiring.load(E2E).infrastructure().topics["e2e.events"] == 3
 
 
 def test_two_domains_may_not_give_one_bucket_env_two_buckets(tmp_path: Path) -> None:
@@ -413,8 +420,8 @@ def test_the_env_file_holds_the_domains_buckets_and_no_others(tmp_path: Path) ->
     assert env["MINIO_RAW_BUCKET"] == "thermo-raw"
     assert env["MINIO_PROCESSED_BUCKET"] == "thermo-processed"
     assert {k for k in env if k.endswith("_BUCKET")} == {
-        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET", "MINIO_DETECTIONS_BUCKET",
-        "MINIO_FIRMWARE_BUCKET",
+        "MINIO_RAW_BUCKET", "MINIO_PROCESSED_BUCKET", "MINIO_PRODUCT_BUCKET",
+        "MINIO_DETECTIONS_BUCKET", "MINIO_FIRMWARE_BUCKET",
     }  # fmt: skip
 
 

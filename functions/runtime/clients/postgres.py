@@ -40,8 +40,12 @@ def _pool() -> ThreadedConnectionPool:
     from psycopg2.pool import ThreadedConnectionPool
 
     cfg = settings.postgres()
-    # minconn=0: creating the pool never connects, so an outage surfaces on first use.
-    return ThreadedConnectionPool(0, cfg.pool_max, dsn=cfg.dsn, connect_timeout=3)
+    # minconn=0: creating the pool never connects, so an outage surfaces on first use. Then
+    # minconn is raised, because psycopg2 keeps only `minconn` idle connections: at 0 it closed
+    # every connection it was given back, and each transaction paid for a new one.
+    pool = ThreadedConnectionPool(0, cfg.pool_max, dsn=cfg.dsn, connect_timeout=3)
+    pool.minconn = cfg.pool_max
+    return pool
 
 
 @functools.cache
@@ -55,7 +59,8 @@ def _slots() -> threading.BoundedSemaphore:
 def _connection() -> Iterator[Connection]:
     """A pooled connection as one transaction: commit on success, roll back on error.
 
-    A connection that broke (server restarted) is closed instead of returned to the pool.
+    A connection that broke (server restarted) is closed instead of returned to the pool, and
+    the next transaction starts a new pool rather than meet the old one's stale connections.
     """
     import psycopg2
 
@@ -75,6 +80,8 @@ def _connection() -> Iterator[Connection]:
             raise
         finally:
             pool.putconn(conn, close=broken or bool(conn.closed))
+            if broken:  # the server went away: its other idle connections are stale too
+                _pool.cache_clear()
 
 
 @overload

@@ -1,0 +1,1 @@
+"""The product image service (source document 003; docs/catalog.md)."""
