@@ -193,12 +193,12 @@ def test_bad_chunks_end_in_the_dead_letter_store_and_change_nothing(
         client.publish(camera_sim.topic(camera), body, qos=1).wait_for_publish(10)
         cases[name] = (camera, status, detail)
 
-    # A capture in progress, then a chunk that changes its total.
-    camera = uid()
-    first = {"id": camera, "index": 0, "total": 4, "data": "eHh4"}
+    # A capture in progress (with an image_id), then a chunk that changes its total.
+    camera, image_id = uid(), str(uuid.uuid4())
+    first = {"id": camera, "index": 0, "total": 4, "data": "eHh4", "image_id": image_id}
     client.publish(camera_sim.topic(camera), json.dumps(first), qos=1).wait_for_publish(10)
-    wait_for(lambda: redis_client(stack_env).exists(f"camera_session:{camera}"), what="session")
-    before = snapshot(stack_env, camera)
+    wait_for(lambda: redis_client(stack_env).exists(f"image_chunks:{image_id}"), what="capture")
+    before = snapshot(stack_env, camera, image_id)
     changed = {**first, "index": 1, "total": 5}
     client.publish(camera_sim.topic(camera), json.dumps(changed), qos=1).wait_for_publish(10)
     cases["total changed"] = (camera, 422, "differs from 4")
@@ -214,7 +214,7 @@ def test_bad_chunks_end_in_the_dead_letter_store_and_change_nothing(
             assert snapshot(stack_env, camera) == {
                 "redis": {}, "index": {}, "objects": [], "rows": []
             }, name  # fmt: skip
-    assert snapshot(stack_env, camera) == before
+    assert snapshot(stack_env, camera, image_id) == before
 
 
 # --- outages: the real service stopped and started again ---------------------------------------
