@@ -4,11 +4,16 @@
 the event's data asks, so a test can script a subscriber's answers:
 - `{"fail": [503, 503]}`: answer those statuses on the first attempts, then 200;
 - `{"broken": true}`: answer 400 while Redis key `e2e:broken:<event id>` exists ("fixed" = deleted);
-- `{"reply": "<type>"}`: answer with a reply CloudEvent of that type.
+- `{"reply": "<type>"}`: answer with a reply CloudEvent of that type;
+- `{"loop": "<root id>", "hop": n}`: reply with the same type and `hop` n + 1 (a reply loop; it
+  stops by itself at hop 400, should the broker's TTL guard not);
+- `{"answer-body": "<text>"}`: answer 200 with that text as the body (not a CloudEvent);
+- `{"failure-body-bytes": n}`: scripted failures carry an n-byte body.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import time
@@ -40,12 +45,27 @@ def recorder(request: flask.Request) -> flask.Response:
         "subject": event.get("subject"), "time": event.get("time"),
         "attempt": attempt, "at": time.time(),
         "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
+        "data_base64": base64.b64encode(event.get_data()).decode()
+        if isinstance(event.get_data(), bytes) else None,
+        "datacontenttype": event.get("datacontenttype"),
         "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
     }  # fmt: skip
     _store.rpush(f"e2e:deliveries:{name}", json.dumps(delivery, default=str))
     failures = data.get("fail", [])
     if attempt <= len(failures):
-        return flask.Response(f"scripted failure {attempt}", status=failures[attempt - 1])
+        detail = "x" * data["failure-body-bytes"] if data.get("failure-body-bytes") else ""
+        body = detail or f"scripted failure {attempt}"
+        return flask.Response(body, status=failures[attempt - 1])
+    if "answer-body" in data:
+        return flask.Response(data["answer-body"], status=200, mimetype="text/plain")
+    if data.get("loop") and data.get("hop", 0) < 400:
+        hop = data["hop"] + 1
+        looped = CloudEvent(
+            {"type": event["type"], "source": f"/e2e/{name}", "id": f"{data['loop']}-{hop}"},
+            {"loop": data["loop"], "hop": hop},
+        )
+        headers, body = cehttp.encode(looped)
+        return flask.Response(body, status=200, headers=headers)
     if data.get("broken") and _store.exists(f"e2e:broken:{event['id']}"):
         return flask.Response('{"error": "still broken"}', status=400, mimetype="application/json")
     if data.get("reply"):
