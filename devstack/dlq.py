@@ -14,6 +14,7 @@ from cloudevents.http import from_dict
 from rich.console import Console
 from rich.table import Table
 
+from devstack import wiring
 from devstack.config import PATHS, read_env_file
 from functions.runtime import cehttp
 
@@ -67,7 +68,8 @@ def show(letter_id: int) -> None:
 def redrive(
     letter_ids: list[int] = typer.Argument(None, help="Ids to re-drive (default: all pending)."),
 ) -> None:
-    """Deliver dead letters again to their original destination (the function that failed)."""
+    """Deliver dead letters again to their original destination (the function that failed; for
+    a letter that named none, its trigger's subscriber, else the broker)."""
     from functions.deadletter import store
 
     with with_stack_settings():
@@ -78,7 +80,7 @@ def redrive(
             ok = 200 <= status < 300
             store.record_redrive(row["id"], status, ok)
             failures += not ok
-            console.print(f"{row['id']}: {row['destination']} answered {status or 'nothing'}")
+            console.print(f"{row['id']}: {_destination(row)} answered {status or 'nothing'}")
     if failures:
         raise typer.Exit(1)
 
@@ -105,10 +107,23 @@ def _get(letter_id: int) -> dict[str, Any]:
     return row
 
 
+def _destination(row: dict[str, Any]) -> str:
+    """Where a letter goes back to. Knative's MT broker names no destination for timeouts and
+    invalid replies: then the subscriber of its trigger as the running broker routes it, or the
+    broker itself (every matching trigger gets the event again)."""
+    if row["destination"]:
+        return str(row["destination"])
+    broker = f"http://127.0.0.1:{wiring.default().local.broker_port}/"
+    with contextlib.suppress(requests.RequestException, ValueError, StopIteration):
+        routes = requests.get(f"{broker}routes", timeout=5).json()
+        return next(r["url"] for r in routes if r["trigger"] == row["trigger_name"])
+    return broker
+
+
 def _deliver(row: dict[str, Any]) -> int:
     """POST the stored event to its destination in binary mode; the HTTP status, 0 if none."""
     headers, body = cehttp.encode(from_dict(row["cloudevent"]))
     try:
-        return requests.post(row["destination"], headers=headers, data=body, timeout=30).status_code
+        return requests.post(_destination(row), headers=headers, data=body, timeout=30).status_code
     except requests.RequestException:
         return 0

@@ -29,8 +29,10 @@ from rich.markup import escape
 from devstack import wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
+from devstack.runtime import knative
 from devstack.runtime.broker import Broker, routes, serve
 from devstack.services import ServiceSpec
+from functions.sources.sink import DEAD_LETTER_ENV
 
 log = logging.getLogger("objectflow.runtime")
 ROOT = wiring.ROOT
@@ -74,11 +76,17 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         _serve(name, component, ports[name], sink)
         for name, component in values.platform_components().items()
     ]
+    # What the sink can never take goes to the dead-letter sink; the bridge also checks the
+    # broker class's size limit itself (the Kafka broker answers 503 above it, like an outage).
+    if values.platform.dead_letter is not None:
+        sink[DEAD_LETTER_ENV] = f"http://{HOST}:{ports['dead-letter']}/"
+    limit = knative.Rules(values.broker.class_).max_event_bytes
     bridge = values.sources.mqtt_bridge
     if bridge.routes:
         routes_json = json.dumps([r.model_dump(by_alias=True) for r in bridge.routes])
         env = {
             **sink,
+            **({"OBJECTFLOW_MAX_EVENT_BYTES": str(limit)} if limit else {}),
             "OBJECTFLOW_MQTT_ROUTES": routes_json,
             "OBJECTFLOW_MQTT_CLIENT_ID": bridge.client_id,
         }
@@ -91,7 +99,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         found.append(Component(f"kafka-source-{name}", command, sink))
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
-        found.append(Component("cron-ticker", command, sink))
+        found.append(Component("cron-ticker", command, {"K_SINK": sink["K_SINK"]}))
     return found
 
 
@@ -112,7 +120,7 @@ class Supervisor:
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
-        broker = Broker(routes(self.values), dead_letter)
+        broker = Broker(routes(self.values), dead_letter, broker_class=self.values.broker.class_)
         runner = await serve(broker, self.values.local.broker_port)
         self._say(
             "broker", f"listening on {broker_url(self.values)} ({len(broker.table)} triggers)", 0

@@ -13,7 +13,6 @@ the event's data asks, so a test can script a subscriber's answers:
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import time
@@ -45,8 +44,7 @@ def recorder(request: flask.Request) -> flask.Response:
         "subject": event.get("subject"), "time": event.get("time"),
         "attempt": attempt, "at": time.time(),
         "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
-        "data_base64": base64.b64encode(event.get_data()).decode()
-        if isinstance(event.get_data(), bytes) else None,
+        "body": request.get_data().decode(errors="replace")[:4096],  # as it came on the wire
         "datacontenttype": event.get("datacontenttype"),
         "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
     }  # fmt: skip
