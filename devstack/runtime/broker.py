@@ -236,7 +236,13 @@ class Broker:
         headers, body = wire
         try:
             async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                # aiohttp would label a body without a content type octet-stream, which binary
+                # mode reads as the event's datacontenttype.
+                skip_auto_headers=() if "content-type" in headers else ("Content-Type",),
             ) as response:
                 return Attempt(response.status, await response.read(), dict(response.headers))
         except TimeoutError as exc:

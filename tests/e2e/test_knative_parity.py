@@ -42,8 +42,8 @@ from tests.conftest import ROOT
 from tests.support import wait_for
 
 Deliveries = Callable[..., list[dict[str, Any]]]
-PARITY = "objectflow.test.parity.v1"  # trigger e2e-retried: retry 3, exponential PT0.1S
-LINEAR = "objectflow.test.linear.v1"  # trigger e2e-linear: retry 3, linear PT0.3S
+PARITY = "objectflow.parity.retried.v1"  # trigger e2e-retried: retry 3, exponential PT0.1S
+LINEAR = "objectflow.parity.linear.v1"  # trigger e2e-linear: retry 3, linear PT0.3S
 MIB = 1024 * 1024
 
 
@@ -162,7 +162,6 @@ def test_mt_retries_a_2xx_whose_body_is_no_cloudevent_then_dead_letters_it_bare(
     assert row["attempts"] == 4
     assert row["status_code"] is None and row["response_body"] == ""
     assert row["destination"] == ""  # unknown: the letter did not say
-    assert letters(ce["id"], "e2e-prefix") == []  # its 204 was an ack
 
 
 def test_kafka_class_dead_letters_a_2xx_whose_body_is_no_cloudevent_at_once(
@@ -206,7 +205,7 @@ def test_mt_ttl_stops_a_reply_loop_after_255_hops(
     root = uuid.uuid4().hex[:8]
     send(
         CloudEvent(
-            {"type": "objectflow.test.loop.v1", "source": "/e2e", "id": f"{root}-0"},
+            {"type": "objectflow.parity.loop.v1", "source": "/e2e", "id": f"{root}-0"},
             {"loop": root, "hop": 0},
         )
     )
@@ -334,7 +333,9 @@ def test_camera_chunks_carry_the_camera_uid_as_partitionkey(
 # --- filters ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("type_", ["objectflow.test.emptyany.v1", "objectflow.test.emptyvalue.v1"])
+@pytest.mark.parametrize(
+    "type_", ["objectflow.parity.emptyany.v1", "objectflow.parity.emptyvalue.v1"]
+)
 def test_an_empty_filter_matches_everything(
     send: Callable[..., requests.Response], deliveries: Deliveries, type_: str
 ) -> None:
