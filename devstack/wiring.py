@@ -343,6 +343,11 @@ class MinioBucket(Model):
 
 class MinioSource(Model):
     buckets: list[MinioBucket] = []
+    public: bool = Field(
+        default=False,
+        description="Kubernetes only: expose minio-webhook through the cluster's ingress (Knative "
+        "Serving's domain) for a MinIO outside the cluster; its bearer token is checked anyway",
+    )
 
 
 class KafkaSource(Model):
