@@ -316,7 +316,7 @@ class Broker:
             INGRESS.labels("rejected").inc()
             return refused
         try:
-            event = cehttp.decode(dict(request.headers), body)
+            event = cehttp.decode(dict(request.headers), body, raw_data=True)
         except GenericException as exc:
             INGRESS.labels("rejected").inc()
             reason = {"error": "bad-event", "detail": f"not a valid CloudEvent: {exc}"}
@@ -395,7 +395,7 @@ def _reply(result: Attempt) -> CloudEvent | None:
             raise InvalidReply("a non-empty response that is no CloudEvent")
         return None
     try:
-        return cehttp.decode(headers, result.body)
+        return cehttp.decode(headers, result.body, raw_data=True)
     except GenericException as exc:
         raise InvalidReply(f"a malformed reply CloudEvent: {exc}") from None
 

@@ -63,6 +63,11 @@ def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> C
     return Component(name, command, {"K_SERVICE": name, **env}, port)
 
 
+# The sink of last resort takes what a broker would not (the Kafka class stops at 1 MiB); the
+# chart sets the same (templates/functions.yaml).
+PLATFORM_ENV = {"dead-letter": {"OBJECTFLOW_MAX_EVENT_BYTES": str(16 * 1024 * 1024)}}
+
+
 def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Component]:
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
@@ -73,7 +78,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     ]
     # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.
     found += [
-        _serve(name, component, ports[name], sink)
+        _serve(name, component, ports[name], {**sink, **PLATFORM_ENV.get(name, {})})
         for name, component in values.platform_components().items()
     ]
     # What the sink can never take goes to the dead-letter sink; the bridge also checks the

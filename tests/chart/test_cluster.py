@@ -254,3 +254,18 @@ def test_kafka_sources_deliver_explicitly_and_end_in_the_dead_letter_service(
             }
         },
     }
+
+
+def test_the_dead_letter_store_takes_what_the_broker_would_not_in_both_engines(
+    render: Render,
+) -> None:
+    """A source dead-letters an event over the Kafka class's 1 MiB; the store must take it."""
+    from devstack.runtime.supervisor import PLATFORM_ENV
+
+    services = of_kind(render((DEV,)), "Service", "serving.knative.dev")
+    (store,) = [s for s in services if s["metadata"]["name"] == "dead-letter"]
+    (container,) = containers(store)
+    deployed = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    local = PLATFORM_ENV["dead-letter"]
+    assert deployed["OBJECTFLOW_MAX_EVENT_BYTES"] == local["OBJECTFLOW_MAX_EVENT_BYTES"]
+    assert int(local["OBJECTFLOW_MAX_EVENT_BYTES"]) > 1024 * 1024

@@ -384,7 +384,7 @@ def test_the_mqtt_bridge_dead_letters_what_the_sink_can_never_accept(
     run = uuid.uuid4().hex[:8]
     client_id = f"e2e-parity-bridge-{run}"
     routes = [
-        {"topic": f"e2e-parity/{run}/+", "type": "objectflow.test.mqtt.v1", "subject-segment": 1}
+        {"topic": f"e2e-parity/{run}/+", "type": "objectflow.test.mqtt.v1", "subject-segment": 2}
     ]
     env = {
         **os.environ, **stack_env, "K_SINK": class_broker("Kafka"),
