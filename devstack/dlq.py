@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from devstack import wiring
 from devstack.config import PATHS, read_env_file
 
 app = typer.Typer(help="Dead-lettered events: list, show, redrive, purge.", no_args_is_help=True)
@@ -87,7 +88,8 @@ def show(letter_id: int) -> None:
 def redrive(
     letter_ids: list[int] = typer.Argument(None, help="Ids to re-drive (default: all pending)."),
 ) -> None:
-    """Deliver dead letters again to their original destination (the function that failed)."""
+    """Deliver dead letters again to their original destination (the function that failed; for
+    a letter that named none, its trigger's subscriber, else the broker)."""
     from functions.deadletter import store
 
     with with_stack_settings():
@@ -98,7 +100,7 @@ def redrive(
             ok = 200 <= status < 300
             store.record_redrive(row["id"], status, ok)
             failures += not ok
-            console.print(f"{row['id']}: {row['destination']} answered {status or 'nothing'}")
+            console.print(f"{row['id']}: {_destination(row)} answered {status or 'nothing'}")
     if failures:
         raise typer.Exit(1)
 
@@ -125,6 +127,19 @@ def _get(letter_id: int) -> dict[str, Any]:
     return row
 
 
+def _destination(row: dict[str, Any]) -> str:
+    """Where a letter goes back to. Knative's MT broker names no destination for timeouts and
+    invalid replies: then the subscriber of its trigger as the running broker routes it, or the
+    broker itself (every matching trigger gets the event again)."""
+    if row["destination"]:
+        return str(row["destination"])
+    broker = f"http://127.0.0.1:{wiring.default().local.broker_port}/"
+    with contextlib.suppress(requests.RequestException, ValueError, StopIteration):
+        routes = requests.get(f"{broker}routes", timeout=5).json()
+        return next(r["url"] for r in routes if r["trigger"] == row["trigger_name"])
+    return broker
+
+
 def _deliver(row: dict[str, Any]) -> int:
     """POST exactly the stored event (structured mode, so `data_base64` stays the body's bytes)
     to its destination; the HTTP status, 0 if there was no answer or nowhere to send it."""
@@ -133,6 +148,6 @@ def _deliver(row: dict[str, Any]) -> int:
     headers = {"Content-Type": "application/cloudevents+json"}
     body = json.dumps(row["cloudevent"]).encode()
     try:
-        return requests.post(row["destination"], headers=headers, data=body, timeout=30).status_code
+        return requests.post(_destination(row), headers=headers, data=body, timeout=30).status_code
     except requests.RequestException:
         return 0

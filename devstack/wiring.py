@@ -35,9 +35,10 @@ SCHEMA = ROOT / "charts" / "objectflow" / "values.schema.json"
 NAME = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # a Kubernetes object name (RFC 1123 label)
 ENTRYPOINT = r"^[\w./-]+\.py:[A-Za-z_]\w*$"  # path/to/file.py:attribute
 PING_TYPE = "dev.knative.sources.ping"
-# Derived local ports: function-port-base + crc32(name) % PORT_SPAN. 800 keeps them below MinIO's
-# 9000 when the base is the default 8101.
-PORT_SPAN = 800
+# Derived local ports: function-port-base + crc32(name) % PORT_SPAN. With the default base,
+# 10000-19999: no service of the stack listens there, and it is below Linux's ephemeral ports
+# (32768+), so an outgoing connection never holds one. 10000 slots keep collisions rare.
+PORT_SPAN = 10000
 # Settings that hold credentials: they belong in the Secret, never in `config` (a ConfigMap).
 SECRET_SETTING = (
     r"PASSWORD|SECRET|TOKEN|ACCESS_KEY|API_KEY|PRIVATE_KEY|^DATABASE_URL$|^MONGODB_URI$"
@@ -81,11 +82,19 @@ class Delivery(Model):
     def timeout_seconds(self) -> float:
         return seconds(self.timeout)
 
-    def delay(self, retry_number: int) -> float:
-        """Base delay before redelivery `retry_number` (1-based), as Knative computes it."""
+    def delay(self, retry_number: int, broker_class: BrokerClass = "MTChannelBasedBroker") -> float:
+        """The wait before redelivery `retry_number` (1-based) as the broker class computes it,
+        without jitter (neither adds any). MT (eventing pkg/kncloudevents/retries.go) counts
+        i = retry_number - 1 from 0: delay·2^i, delay·i (the first retry at once). The Kafka
+        broker counts n = retry_number from 1: delay·2^n, delay·n (twice MT's exponential)."""
+        n = retry_number if broker_class == "Kafka" else retry_number - 1
         if self.backoff_policy == "linear":
-            return self.backoff_seconds * retry_number
-        return self.backoff_seconds * 2 ** (retry_number - 1)
+            return self.backoff_seconds * n
+        return self.backoff_seconds * 2**n
+
+    def window(self, broker_class: BrokerClass = "MTChannelBasedBroker") -> float:
+        """Seconds of backoff between the first attempt and the last retry (timeouts aside)."""
+        return sum(self.delay(n, broker_class) for n in range(1, self.retry + 1))
 
 
 class DeliveryOverride(Model):
@@ -103,6 +112,13 @@ class DeliveryOverride(Model):
 
 AttributeMap = dict[str, str]
 DIALECTS = ("exact", "prefix", "suffix", "all", "any", "not_")
+# CloudEvents attribute names as Knative's trigger webhook takes them (eventing
+# pkg/apis/eventing/v1/trigger_validation.go `ValidateAttributesNames`).
+ATTRIBUTE_NAME = r"^[a-z][a-z0-9]*$"
+BrokerClass = Literal["MTChannelBasedBroker", "Kafka"]
+
+
+_NAMES = {"propertyNames": {"pattern": ATTRIBUTE_NAME}}
 
 
 class Filter(Model):
@@ -110,11 +126,13 @@ class Filter(Model):
 
     exact/prefix/suffix: every listed CloudEvent attribute must equal / start with / end with the
     value. all/any/not combine nested filters. (CESQL is not supported by the local runtime.)
+    A filter Knative cannot build (an attribute with an empty value, an empty `any`) is skipped
+    by its `MaterializeFiltersList`, so it matches every event; here too.
     """
 
-    exact: AttributeMap | None = None
-    prefix: AttributeMap | None = None
-    suffix: AttributeMap | None = None
+    exact: AttributeMap | None = Field(default=None, json_schema_extra=_NAMES)
+    prefix: AttributeMap | None = Field(default=None, json_schema_extra=_NAMES)
+    suffix: AttributeMap | None = Field(default=None, json_schema_extra=_NAMES)
     all: list[Filter] | None = None
     any: list[Filter] | None = None
     not_: Filter | None = Field(default=None, alias="not")
@@ -124,6 +142,12 @@ class Filter(Model):
     def _non_empty(cls, value: AttributeMap | None) -> AttributeMap | None:
         if value is not None and not value:
             raise ValueError("needs at least one attribute")
+        bad = [name for name in value or {} if not re.match(ATTRIBUTE_NAME, name)]
+        if bad:
+            raise ValueError(
+                f"CloudEvents attribute names are lower-case letters and digits, starting with "
+                f"a letter ({ATTRIBUTE_NAME}), as Knative's trigger validation requires: {bad}"
+            )
         return value
 
     def model_post_init(self, _context: Any) -> None:
@@ -136,6 +160,8 @@ class Filter(Model):
             found = attributes.get(name)
             return None if found is None else str(found)
 
+        if self.skipped:
+            return True
         if self.exact is not None:
             return all(value(k) == v for k, v in self.exact.items())
         if self.prefix is not None:
@@ -148,6 +174,15 @@ class Filter(Model):
             return any(f.matches(attributes) for f in self.any)
         assert self.not_ is not None
         return not self.not_.matches(attributes)
+
+    @property
+    def skipped(self) -> bool:
+        """Whether Knative's MaterializeFiltersList leaves this filter out (it cannot build an
+        exact/prefix/suffix filter with an empty value, nor an `any` of nothing)."""
+        attributes = self.exact or self.prefix or self.suffix
+        if attributes is not None:
+            return any(v == "" for v in attributes.values())
+        return self.any is not None and not self.any
 
 
 def ping_source(namespace: str, schedule: str) -> str:
@@ -168,7 +203,9 @@ class Trigger(Model):
     )
     filters: list[Filter] = Field(default=[], min_length=1)
     delivery: DeliveryOverride = DeliveryOverride()
-    ordered: bool = False  # one event at a time per `partitionkey` extension, else per `subject`
+    # One event at a time per `partitionkey` extension (events without one are not held back),
+    # as the Kafka broker orders; the MT broker orders nothing (the chart warns).
+    ordered: bool = False
 
     # values.schema.json: without `schedule`, `filters` is required.
     model_config = VALUES_CONFIG | ConfigDict(
@@ -234,7 +271,7 @@ class Serve(Model):
         default=None,
         gt=0,
         lt=65536,
-        description="Local runtime only; empty: local.function-port-base + crc32(name) % 800",
+        description="Local runtime only; empty: local.function-port-base + crc32(name) % 10000",
     )
 
     @property
@@ -342,6 +379,11 @@ class MinioBucket(Model):
 
 class MinioSource(Model):
     buckets: list[MinioBucket] = []
+    public: bool = Field(
+        default=False,
+        description="Kubernetes only: expose minio-webhook through the cluster's ingress (Knative "
+        "Serving's domain) for a MinIO outside the cluster; its bearer token is checked anyway",
+    )
 
 
 SINK_HELP = "A function to send to directly (a Knative Service sink); empty: the broker"
@@ -352,6 +394,11 @@ class KafkaSource(Model):
     consumer_group: str
     initial_offset: Literal["earliest", "latest"] = "earliest"
     sink: str | None = Field(default=None, pattern=NAME, description=SINK_HELP)
+    delivery: DeliveryOverride = Field(
+        default=DeliveryOverride(),
+        description="Overrides of `delivery` for posting records to the broker; then the "
+        "record is dead-lettered and its offset committed",
+    )
 
 
 class OutboxRelay(Model):
@@ -375,7 +422,7 @@ class Sources(Model):
 
 class Local(Model):
     broker_port: int = Field(default=8080, gt=0, lt=65536)
-    function_port_base: int = Field(default=8101, gt=0, lt=65536 - PORT_SPAN)
+    function_port_base: int = Field(default=10000, gt=0, lt=65536 - PORT_SPAN)
 
 
 class Domain(Model):
@@ -432,10 +479,25 @@ class ConfigMapRef(Model):
     namespace: str = Field(pattern=NAME)
 
 
+class KafkaBrokerConfig(Model):
+    """The per-release ConfigMap of a Kafka-class broker without `broker.config`."""
+
+    bootstrap_servers: str = Field(
+        default="", description="Empty: config.KAFKA_BOOTSTRAP_SERVERS (dev-services: in-cluster)"
+    )
+    partitions: int = Field(default=10, ge=1, description="Of each trigger's topic")
+    replication_factor: int = Field(default=3, ge=1, description="1 with dev-services")
+
+
 class Broker(Model):
     name: str = Field(default="default", pattern=NAME)
-    class_: Literal["MTChannelBasedBroker", "Kafka"] = "MTChannelBasedBroker"
-    config: ConfigMapRef | None = Field(default=None, description="The broker class's ConfigMap")
+    class_: BrokerClass = "MTChannelBasedBroker"
+    config: ConfigMapRef | None = Field(
+        default=None,
+        description="An existing ConfigMap of the class; null with class Kafka: one per release "
+        "from `kafka-config`",
+    )
+    kafka_config: KafkaBrokerConfig = KafkaBrokerConfig()
 
 
 class Scheduler(Model):
@@ -581,7 +643,8 @@ class Values(Model):
                     f"(declared: {known}); write `schedule: <name>` instead"
                 )
 
-    def delivery_for(self, trigger: Trigger) -> Delivery:
+    def delivery_for(self, trigger: Trigger | KafkaSource) -> Delivery:
+        """`delivery` with a trigger's (or a Kafka source's) overrides."""
         override = trigger.delivery.model_dump(exclude_none=True)
         return self.delivery.model_copy(update=override)
 

@@ -5,24 +5,24 @@ recorded in the journal on local disk (`journal.py`; at-least-once, as Knative's
 400 with a reason when the request is not a CloudEvent, 503 when the journal cannot be written.
 An event leaves the journal when every matching trigger has acked or dead-lettered it, and a
 broker that starts resumes delivering whatever is still there. Each event goes, concurrently,
-to every trigger whose filters match. A delivery is acknowledged by 2xx (a reply CloudEvent in
-the response re-enters the broker); 400/413/415/422 and other 4xx go to the dead-letter sink at
-once; 408, 429, 5xx and connection errors are retried with the trigger's backoff plus jitter,
-then dead-lettered. Triggers marked `ordered` deliver one event at a time per `partitionkey`
-extension, or per `subject` when the event has none.
+to every trigger whose filters match. A delivery is acknowledged by a 2xx with an empty body or
+a reply CloudEvent (which re-enters the broker); 404, 408, 409, 429, 5xx and connection errors
+are retried with the trigger's backoff, then dead-lettered; other 4xx go to the dead-letter
+sink at once. Triggers marked `ordered` deliver one event at a time per `partitionkey`
+extension; events without one are not held back. Where Knative's broker classes differ (a 2xx
+whose body is no CloudEvent, backoff, limits, error extensions), values' `broker.class`
+decides: devstack/runtime/knative.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
-import random
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,13 +35,14 @@ from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from devstack import wiring
+from devstack.runtime import knative
 from devstack.runtime.journal import Journal
 from functions.runtime import cehttp
+from functions.sources.sink import retryable_status
 
 log = logging.getLogger("objectflow.broker")
 Wire = tuple[dict[str, str], bytes]  # an event serialised once, in binary mode
 HOST = "127.0.0.1"
-ERROR_DATA_MAX = 1024  # Knative truncates knativeerrordata to 1 KiB
 
 INGRESS = Counter("objectflow_broker_ingress_total", "Requests at the ingress.", ["outcome"])
 DELIVERIES = Counter(
@@ -159,14 +160,18 @@ class Attempt:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    timed_out: bool = False
+    reply: CloudEvent | None = None
+    invalid_reply: bool = False  # a 2xx whose body is no CloudEvent
 
     @property
     def ok(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        return self.status is not None and 200 <= self.status < 300 and not self.invalid_reply
 
     @property
     def retryable(self) -> bool:
-        return self.status is None or self.status in (408, 429) or self.status >= 500
+        """As both Knative brokers retry: no answer, 404, 408, 409, 429 and 5xx."""
+        return self.status is None or retryable_status(self.status)
 
 
 def _now() -> str:
@@ -213,8 +218,10 @@ class Broker:
         dead_letter_url: str | None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         journal: Journal | None = None,
+        broker_class: wiring.BrokerClass = "MTChannelBasedBroker",
     ) -> None:
         self.table = list(table)
+        self.rules = knative.Rules(broker_class)
         self.dead_letter_url = dead_letter_url
         self.journal = journal  # None: in memory only (unit tests)
         self._sleep = sleep  # the waits between retries go through it (tests record them)
@@ -246,7 +253,7 @@ class Broker:
         by_trigger = {route.trigger.name: route for route in self.table}
         pending = self.journal.resume()
         for entry in pending:
-            event = cehttp.decode(*entry.wire)
+            event = cehttp.decode(*entry.wire, raw_data=True)
             for name in entry.triggers:
                 route = by_trigger.get(name)
                 if route is None:
@@ -261,12 +268,18 @@ class Broker:
         """Record `event` and deliver it to every matching trigger; return how many matched.
 
         Returns once the record is on disk; delivery starts at once, beside the fsync."""
+        self.rules.arrived(event)
+        if self.rules.expired(event):
+            INGRESS.labels("ttl-expired").inc()
+            log.info("dropping an event without TTL left", extra={"event_id": event["id"]})
+            return 0
         attributes = event.get_attributes()
         matched = [route for route in self.table if route.trigger.matches(attributes)]
         if not matched:
             log.info("no trigger matches", extra={"event_id": event["id"], "type": event["type"]})
             return 0
-        wire = cehttp.encode(event)  # serialised once, sent to every matching trigger
+        # serialised once, sent to every matching trigger
+        wire = cehttp.encode(self.rules.for_subscriber(event))
         seq, recorded = None, None
         if self.journal is not None:
             seq, recorded = self.journal.append(wire, [route.trigger.name for route in matched])
@@ -285,9 +298,9 @@ class Broker:
     async def _deliver(
         self, route: Route, event: CloudEvent, wire: Wire, received: float, seq: int | None
     ) -> None:
-        # Ordered triggers serialise per partition key (as the Kafka broker partitions by
-        # `partitionkey`; KafkaSource sets it to the record key), else per subject.
-        key = event.get("partitionkey") or event.get("subject")
+        # Ordered triggers serialise per partition key only, as the Kafka broker partitions by
+        # `partitionkey` (PartitionKeyExtensionInterceptor); events without one go at once.
+        key = event.get("partitionkey")
         if route.trigger.ordered and key is not None:
             async with self._ordered.hold((route.trigger.name, str(key))):
                 settled = await self._deliver_now(route, event, wire, received)
@@ -304,7 +317,7 @@ class Broker:
         name = route.trigger.name
         first_attempt = _now()
         timeout = route.delivery.timeout_seconds
-        result = await self._post(route, wire, timeout)
+        result = self._judged(await self._post(route, wire, timeout))
         attempts = 1
         if not result.ok and result.retryable and route.delivery.retry > 0:
             # Only a failed first attempt pays for a retry loop; tenacity replays that attempt
@@ -317,11 +330,11 @@ class Broker:
                     return made.pop()
                 DELIVERIES.labels(name, "retry").inc()
                 attempts += 1
-                return await self._post(route, wire, timeout)
+                return self._judged(await self._post(route, wire, timeout))
 
             result = await tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
-                wait=Backoff(route.delivery),
+                wait=Backoff(route.delivery, self.rules.broker_class),
                 sleep=self._sleep,
                 retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
                 retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
@@ -329,9 +342,9 @@ class Broker:
         LATENCY.labels(name).observe(time.perf_counter() - received)
         if result.ok:
             DELIVERIES.labels(name, "ok").inc()
-            reply = _reply(result)
-            if reply is not None:
-                await self.ingest(reply)  # recorded before the original counts as done
+            if result.reply is not None:
+                # recorded before the original counts as done
+                await self.ingest(self.rules.reply_to(result.reply, event))
             return True
         log.warning(
             "delivery failed, dead-lettering",
@@ -363,32 +376,54 @@ class Broker:
         headers, body = wire
         try:
             async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                # aiohttp would label a body without a content type octet-stream, which binary
+                # mode reads as the event's datacontenttype.
+                skip_auto_headers=() if "content-type" in headers else ("Content-Type",),
             ) as response:
                 return Attempt(response.status, await response.read(), dict(response.headers))
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except TimeoutError as exc:
+            return Attempt(status=None, error=f"timeout: {exc}", timed_out=True)
+        except aiohttp.ClientError as exc:
             return Attempt(status=None, error=f"{type(exc).__name__}: {exc}")
+
+    def _judged(self, result: Attempt) -> Attempt:
+        """A subscriber's 2xx body must be empty (a plain ack) or a reply CloudEvent; anything
+        else fails the delivery: as a 502 that is retried (MT), or at once (Kafka)."""
+        if result.ok:
+            try:
+                result.reply = _reply(result)
+            except InvalidReply as exc:
+                log.warning("a 2xx whose body is no CloudEvent", extra={"error": str(exc)})
+                result.invalid_reply, result.error = True, str(exc)
+                if self.rules.retries_invalid_reply:
+                    result.status = 502
+        return result
 
     async def _dead_letter(
         self, route: Route, event: CloudEvent, result: Attempt, attempts: int, first: str
     ) -> bool:
-        body = result.body or result.error.encode()
+        bare = result.invalid_reply or (result.timed_out and self.rules.mt)
         attributes = {
-            **event.get_attributes(),
-            "knativeerrordest": route.url,
-            "knativeerrordata": base64.b64encode(body[:ERROR_DATA_MAX]).decode(),
+            **self.rules.for_subscriber(event).get_attributes(),
+            **self.rules.error_extensions(
+                route.url, result.status, result.body, result.error, bare=bare
+            ),
             "objectflowattempts": str(attempts),
             "objectflowtrigger": route.trigger.name,
             "objectflowfirstattempt": first,
             "objectflowlastattempt": _now(),
         }
-        if result.status is not None:
-            attributes["knativeerrorcode"] = str(result.status)
         letter = cehttp.encode(CloudEvent(attributes, event.get_data()))
+        # Knative delivers to the dead-letter sink with the trigger's own retry policy.
         retrying = tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(10),
-            wait=tenacity.wait_exponential(multiplier=0.2, max=5),
-            retry=tenacity.retry_if_result(lambda a: not a.ok),
+            stop=tenacity.stop_after_attempt(route.delivery.retry + 1),
+            wait=Backoff(route.delivery, self.rules.broker_class),
+            sleep=self._sleep,
+            retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         stored: Attempt | None = await retrying(
@@ -417,8 +452,12 @@ class Broker:
 
     async def _ingress(self, request: web.Request) -> web.Response:
         body = await request.read()
+        refused = self._refusal(request.headers, body)
+        if refused is not None:
+            INGRESS.labels("rejected").inc()
+            return refused
         try:
-            event = cehttp.decode(dict(request.headers), body)
+            event = cehttp.decode(dict(request.headers), body, raw_data=True)
         except GenericException as exc:
             INGRESS.labels("rejected").inc()
             reason = {"error": "bad-event", "detail": f"not a valid CloudEvent: {exc}"}
@@ -432,6 +471,28 @@ class Broker:
             return web.json_response(reason, status=503, headers={"Retry-After": "1"})
         INGRESS.labels("accepted").inc()
         return web.Response(status=202)
+
+    def _refusal(self, headers: Mapping[str, str], body: bytes) -> web.Response | None:
+        """What Knative's ingress refuses before decoding: a request that is neither binary
+        (`ce-specversion`) nor structured (`application/cloudevents*`) mode, whatever its JSON
+        says (400, as the Go SDK), and an event above the class's size limit (the Kafka
+        producer's max.request.size: 503)."""
+        content_type = headers.get("content-type", "")
+        if "ce-specversion" not in headers and not content_type.startswith(
+            "application/cloudevents"
+        ):
+            reason = {
+                "error": "bad-event",
+                "detail": "not a valid CloudEvent: no ce-specversion header and the content type "
+                f"{content_type or '(none)'!r} is not application/cloudevents+json",
+            }
+            return web.json_response(reason, status=400)
+        limit = self.rules.max_event_bytes
+        if limit is not None and len(body) > limit:
+            broker = self.rules.broker_class
+            detail = f"the event is {len(body)} bytes; the {broker} broker takes {limit}"
+            return web.json_response({"error": "too-large", "detail": detail}, status=503)
+        return None
 
     async def _health(self, _request: web.Request) -> web.Response:
         pending = self.journal.pending if self.journal is not None else 0
@@ -459,28 +520,34 @@ def describe(route: Route) -> dict[str, Any]:
 
 
 class Backoff(tenacity.wait.wait_base):
-    """`Delivery.delay` (Knative's linear or exponential backoff) plus up to half a base delay
-    of jitter. Tenacity's attempt 1 is the first delivery, so the wait after it is retry 1's."""
+    """`Delivery.delay` of the broker class (no jitter: neither Knative broker adds any).
+    Tenacity's attempt 1 is the first delivery, so the wait after it is retry 1's."""
 
-    def __init__(self, delivery: wiring.Delivery, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, delivery: wiring.Delivery, broker_class: wiring.BrokerClass = "MTChannelBasedBroker"
+    ) -> None:
         self.delivery = delivery
-        self.rng = rng or random.Random()
+        self.broker_class = broker_class
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
-        jitter = self.rng.uniform(0, self.delivery.backoff_seconds / 2)
-        return self.delivery.delay(retry_state.attempt_number) + jitter
+        return self.delivery.delay(retry_state.attempt_number, self.broker_class)
+
+
+class InvalidReply(Exception):
+    """A 2xx response body that is no CloudEvent."""
 
 
 def _reply(result: Attempt) -> CloudEvent | None:
-    """The reply CloudEvent in a 2xx response, if the subscriber sent one."""
+    """The reply CloudEvent in a 2xx response; None for an empty body (a plain ack)."""
     headers = {k.lower(): v for k, v in result.headers.items()}
     if "ce-specversion" not in headers and "cloudevents" not in headers.get("content-type", ""):
+        if result.body:
+            raise InvalidReply("a non-empty response that is no CloudEvent")
         return None
     try:
-        return cehttp.decode(headers, result.body)
+        return cehttp.decode(headers, result.body, raw_data=True)
     except GenericException as exc:
-        log.warning("ignoring a malformed reply", extra={"error": str(exc)})
-        return None
+        raise InvalidReply(f"a malformed reply CloudEvent: {exc}") from None
 
 
 async def serve(broker: Broker, port: int) -> web.AppRunner:

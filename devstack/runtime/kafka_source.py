@@ -4,13 +4,18 @@
 
 One consumer group per source (`consumer-group`). Delivery is at least once and ordered per
 partition, as KafkaSource's ordered mode: a record's offset is committed only after the sink
-accepted it, and the partition does not move on while the sink is unavailable.
+accepted it or it was dead-lettered. As the chart's KafkaSource (its `delivery`: values'
+`delivery` with the source's overrides, retried with the Kafka dispatcher's backoff), a record
+the sink refuses for good, or has not accepted after the last retry, goes to the dead-letter sink
+(`OBJECTFLOW_DEAD_LETTER_SINK`) and the partition moves on; when that sink fails too, the offset
+is committed anyway, as eventing-kafka-broker's `OffsetManager.failedToSendToDeadLetterSink`
+does. The trade-off: a sink outage longer than the retry window dead-letters records (to
+re-drive with `objectflow dlq redrive`) instead of holding the partition.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import threading
@@ -32,9 +37,8 @@ from functions.runtime import settings
 from functions.sources import sink
 
 KAFKA_EVENT = "dev.knative.kafka.event"
-# How long one partition retries an unavailable sink before the consumer polls again. Well below
-# max.poll.interval.ms (300 s), so a long outage never gets this consumer evicted from its group.
-RETRY_WINDOW = 60.0
+CE_HEADER = "ce_"  # the binary Kafka binding of CloudEvents: attribute `id` in header `ce_id`
+REQUIRED = ("specversion", "id", "source", "type")
 
 log = logging.getLogger("objectflow.kafka_source")
 
@@ -44,40 +48,33 @@ def header_extension(name: str) -> str:
     return "kafkaheader" + "".join(c for c in name.lower() if c.isascii() and c.isalnum())
 
 
-def _payload(value: bytes | None, declared: str | None) -> tuple[str | None, Any]:
-    """(datacontenttype, data): JSON when the value parses as JSON, else the raw bytes."""
-    if value is None or (declared and "json" not in declared):
-        return declared, value
-    try:
-        return declared or "application/json", json.loads(value)
-    except ValueError:  # includes UnicodeDecodeError
-        return declared or "application/octet-stream", value
+def _headers(record: ConsumerRecord) -> list[tuple[str, str]]:
+    return [
+        (name, raw.decode(errors="replace") if raw is not None else "")
+        for name, raw in record.headers or []
+    ]
 
 
-def carried_cloudevent(record: ConsumerRecord) -> CloudEvent | None:
-    """The CloudEvent a record carries in the Kafka protocol binding's binary mode (a
-    `ce_specversion` header), which KafkaSource passes through as it is; None for any other
-    record. Headers `ce_<name>` are its attributes, `content-type` its datacontenttype."""
-    found = {name.lower(): raw for name, raw in record.headers or [] if raw is not None}
-    if "ce_specversion" not in found:
+def binary_cloudevent(record: ConsumerRecord) -> CloudEvent | None:
+    """The CloudEvent a record carries in the binary Kafka binding (`ce_*` headers, the value
+    as data), or None when those headers do not make one."""
+    attributes: dict[str, Any] = {}
+    for name, text in _headers(record):
+        if name.lower().startswith(CE_HEADER):
+            attributes[name.lower().removeprefix(CE_HEADER)] = text
+        elif name.lower() == "content-type":
+            attributes["datacontenttype"] = text
+    if any(not attributes.get(name) for name in REQUIRED) or attributes["specversion"] != "1.0":
         return None
-    attributes: dict[str, Any] = {
-        name.removeprefix("ce_"): raw.decode(errors="replace")
-        for name, raw in found.items()
-        if name.startswith("ce_")
-    }
-    declared = found["content-type"].decode(errors="replace") if "content-type" in found else None
-    content_type, data = _payload(record.value, declared)
-    if content_type:
-        attributes["datacontenttype"] = content_type
-    return CloudEvent(attributes, data)
+    return CloudEvent(attributes, record.value)
 
 
 def to_cloudevent(record: ConsumerRecord, namespace: str, source_name: str) -> CloudEvent:
-    """The CloudEvent Knative's KafkaSource makes of a record: the one it carries, if any,
-    else a `dev.knative.kafka.event` around it (eventing-kafka-broker,
-    InvalidCloudEventInterceptor)."""
-    carried = carried_cloudevent(record)
+    """The CloudEvent Knative's KafkaSource makes of a record: the record's own in the binary
+    Kafka binding, else a `dev.knative.kafka.event` (eventing-kafka-broker
+    `InvalidCloudEventInterceptor.validRecord`): `datacontenttype` only from a `content-type`
+    header, the value's bytes unchanged, `key`/`partitionkey` only for a non-empty key."""
+    carried = binary_cloudevent(record)
     if carried is not None:
         return carried
     p, o = record.partition, record.offset
@@ -88,19 +85,14 @@ def to_cloudevent(record: ConsumerRecord, namespace: str, source_name: str) -> C
         "id": f"partition:{p}/offset:{o}",
         "time": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(),
     }
-    if record.key is not None:
+    if record.key:
         attributes["key"] = attributes["partitionkey"] = record.key.decode(errors="replace")
-    declared = None
-    for name, raw in record.headers or []:
-        text = raw.decode(errors="replace") if raw is not None else ""
+    for name, text in _headers(record):
         if name.lower() == "content-type":  # carried as datacontenttype instead
-            declared = text.lower()
+            attributes["datacontenttype"] = text
         else:
             attributes[header_extension(name)] = text
-    content_type, data = _payload(record.value, declared)
-    if content_type:
-        attributes["datacontenttype"] = content_type
-    return CloudEvent(attributes, data)
+    return CloudEvent(attributes, record.value)
 
 
 class Acknowledged:
@@ -143,12 +135,19 @@ class Source:
     def __init__(self, name: str, values: wiring.Values, url: str, stop: threading.Event) -> None:
         self.name, self.namespace, self.url, self.stop = name, values.namespace, url, stop
         self.spec = values.sources.kafka[name]
+        self.delivery = values.delivery_for(self.spec)
+        self.dead_letter = sink.dead_letter_url() if self.delivery.dead_letter else None
+        # A partition retries within one poll: keep the consumer in its group meanwhile.
+        patience = self.delivery.window("Kafka") + self.delivery.timeout_seconds * (
+            self.delivery.retry + 1
+        )
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka().servers,
             client_id=f"{settings.kafka().client_id}-{name}",
             group_id=self.spec.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset=self.spec.initial_offset,
+            max_poll_interval_ms=int(max(300.0, patience + 60) * 1000),
         )
         self.acknowledged = Acknowledged(self.consumer)
         self.session = requests.Session()
@@ -171,26 +170,45 @@ class Source:
                 return  # not acknowledged, so not committed: read again on the next start
             event = to_cloudevent(record, self.namespace, self.name)
             try:
-                sink.post_until_accepted(
+                sink.post_with_retries(
                     self.session,
                     self.url,
                     event,
                     source=f"kafka-source/{self.name}",
-                    within=RETRY_WINDOW,
+                    retries=self.delivery.retry,
+                    delay=lambda n: self.delivery.delay(n, "Kafka"),
+                    timeout=self.delivery.timeout_seconds,
                     stop=self.stop,
                     on_retry=self.acknowledged.commit,
                 )
-            except sink.SinkRejected as exc:
-                # It can never be delivered. Knative would dead-letter it (delivery.deadLetterSink);
-                # the local source logs it and commits past it so the partition is not blocked.
-                log.error("sink rejected record", extra={"id": event["id"], "error": str(exc)})
-            except sink.SinkUnavailable as exc:
-                # Rewind so the next poll returns this record again; the rest of the batch for
-                # this partition is dropped, which keeps the partition in order.
-                log.warning("sink still unavailable", extra={"id": event["id"], "error": str(exc)})
-                self.consumer.seek(tp, record.offset)
-                return
+            except (sink.SinkRejected, sink.SinkUnavailable) as exc:
+                if self.stop.is_set():
+                    # Not acknowledged, so not committed: read again on the next start.
+                    return
+                self._dead_letter(event, exc)
             self.acknowledged.ack(record)
+
+    def _dead_letter(self, event: CloudEvent, exc: Exception) -> None:
+        reason = exc if isinstance(exc, sink.SinkRejected) else sink.SinkRejected(str(exc))
+        log.error("sink did not take the record", extra={"id": event["id"], "error": str(exc)})
+        if self.dead_letter is None:
+            return  # committed past, as Knative without a dead-letter sink
+        try:
+            sink.post_with_retries(
+                self.session,
+                self.dead_letter,
+                sink.dead_letter_event(event, destination=self.url, reason=reason),
+                source=f"kafka-source/{self.name}/dead-letter",
+                retries=self.delivery.retry,
+                delay=lambda n: self.delivery.delay(n, "Kafka"),
+                timeout=self.delivery.timeout_seconds,
+                stop=self.stop,
+            )
+        except (sink.SinkRejected, sink.SinkUnavailable) as failed:
+            log.error(
+                "dead-letter sink failed too; committing past the record, as Knative does",
+                extra={"id": event["id"], "error": str(failed)},
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,9 +35,11 @@ from rich.markup import escape
 from devstack import process, wiring
 from devstack.config import HOST, PATHS, read_env_file
 from devstack.errors import DevstackError
+from devstack.runtime import knative
 from devstack.runtime.broker import Broker, routes, serve
 from devstack.runtime.journal import Journal
 from devstack.services import ServiceSpec
+from functions.sources.sink import DEAD_LETTER_ENV
 
 log = logging.getLogger("objectflow.runtime")
 ROOT = wiring.ROOT
@@ -71,6 +73,11 @@ def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> C
     return Component(name, command, {"K_SERVICE": name, **env}, port)  # env may rename it
 
 
+# The sink of last resort takes what a broker would not (the Kafka class stops at 1 MiB); the
+# chart sets the same (templates/functions.yaml).
+PLATFORM_ENV = {"dead-letter": {"OBJECTFLOW_MAX_EVENT_BYTES": str(16 * 1024 * 1024)}}
+
+
 def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Component]:
     """Everything the runtime starts for this diagram, besides the broker itself."""
     sink = {"K_SINK": broker_url(values)}
@@ -87,14 +94,20 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     ]
     # Platform components (dead-letter, minio-webhook) from `platform`; they may post events.
     found += [
-        _serve(name, component, ports[name], sink)
+        _serve(name, component, ports[name], {**sink, **PLATFORM_ENV.get(name, {})})
         for name, component in values.platform_components().items()
     ]
+    # What the sink can never take goes to the dead-letter sink; the bridge also checks the
+    # broker class's size limit itself (the Kafka broker answers 503 above it, like an outage).
+    if values.platform.dead_letter is not None:
+        sink[DEAD_LETTER_ENV] = f"http://{HOST}:{ports['dead-letter']}/"
+    limit = knative.Rules(values.broker.class_).max_event_bytes
     bridge = values.sources.mqtt_bridge
     if bridge.routes:
         routes_json = json.dumps([r.model_dump(by_alias=True) for r in bridge.routes])
         env = {
             **direct_sink(values, bridge.sink, sink),
+            **({"OBJECTFLOW_MAX_EVENT_BYTES": str(limit)} if limit else {}),
             "OBJECTFLOW_MQTT_ROUTES": routes_json,
             "OBJECTFLOW_MQTT_CLIENT_ID": bridge.client_id,
         }
@@ -107,7 +120,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
             Component(
                 "mongo-outbox",
                 [sys.executable, "-m", "functions.sources.mongo_outbox"],
-                {**sink, **outbox_env(outbox)},
+                {"K_SINK": sink["K_SINK"], **outbox_env(outbox)},
             )
         )
     values_args = [arg for path in overlays for arg in ("--values", str(path))]
@@ -121,7 +134,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         found.append(Component(name, [sys.executable, "-m", relay.module], env))
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
-        found.append(Component("cron-ticker", command, sink))
+        found.append(Component("cron-ticker", command, {"K_SINK": sink["K_SINK"]}))
     return found
 
 
@@ -167,7 +180,12 @@ class Supervisor:
         LOGS.mkdir(parents=True, exist_ok=True)
         reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
-        broker = Broker(routes(self.values), dead_letter, journal=Journal(JOURNAL))
+        broker = Broker(
+            routes(self.values),
+            dead_letter,
+            journal=Journal(JOURNAL),
+            broker_class=self.values.broker.class_,
+        )
         resumed = broker.resume()  # before the ingress opens: the oldest go first
         runner = await serve(broker, self.values.local.broker_port)
         self._say(

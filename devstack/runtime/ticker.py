@@ -3,9 +3,8 @@
     python -m devstack.runtime.ticker [--values FILE ...]
 
 A tick is the CloudEvent a PingSource sends (built by `functions.sources.ping`, which the chart's
-CronJobs run too). Its id is derived from the schedule and the scheduled time, so a retried post
-is a duplicate the broker can recognise. A tick that cannot be delivered before the next one is
-due is logged and dropped, as PingSource does.
+CronJobs run too): a random id per tick, `time` when it is sent. A tick that cannot be
+delivered before the next one is due is logged and dropped, as PingSource does.
 """
 
 from __future__ import annotations
@@ -55,7 +54,7 @@ def run_schedule(name: str, values: wiring.Values, url: str, stop: threading.Eve
     with requests.Session() as session:
         while not stop.wait(_seconds_until(due)):
             following = next_fire(schedule, due)
-            event = ping_event(values.namespace, name, schedule.data, due)
+            event = ping_event(values.namespace, name, schedule.data)
             window = (following - due).total_seconds()
             try:
                 sink.post_until_accepted(
@@ -77,12 +76,12 @@ class TickFailed(DevstackError):
 
 
 def fire(schedule_name: str, values: wiring.Values, sink_url: str) -> CloudEvent:
-    """Fire one tick of `schedule_name` now (id based on now) and return the delivered event."""
+    """Fire one tick of `schedule_name` now and return the delivered event."""
     schedule = values.schedules.get(schedule_name)
     if schedule is None:
         declared = ", ".join(values.schedules) or "none"
         raise UnknownSchedule(f"no schedule {schedule_name!r} in the wiring (declared: {declared})")
-    event = ping_event(values.namespace, schedule_name, schedule.data, datetime.now(UTC))
+    event = ping_event(values.namespace, schedule_name, schedule.data)
     with requests.Session() as session:
         try:
             sink.post_until_accepted(

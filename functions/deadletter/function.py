@@ -5,6 +5,11 @@ failure: `knativeerrordest` (subscriber URL), `knativeerrorcode` (its last HTTP 
 `knativeerrordata` (its response body, base64, at most 1 KiB). The local broker adds
 `objectflowattempts`, `objectflowtrigger`, `objectflowfirstattempt` and `objectflowlastattempt`.
 Everything is stored so `objectflow dlq list|show|redrive|purge` can inspect and re-deliver.
+
+Any CloudEvent is accepted and recorded with what it tells: Knative's MT broker sends timeouts and
+a 2xx whose body is no CloudEvent without any `knativeerror*` extension (eventing
+event_dispatcher.go `dispatchExecutionInfoTransformers`), and does not retry a 400 from this
+sink, so refusing such a letter would lose the event. Its destination is then unknown ("").
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from functions.deadletter import store
-from functions.runtime import BadEvent, http_function, registry
+from functions.runtime import http_function, registry
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.http import read_cloudevent
 from functions.runtime.metrics import EVENTS
@@ -50,15 +55,10 @@ def decode_error_data(value: str | None) -> str:
 def letter_from(event: dict[str, Any]) -> store.DeadLetter:
     """Split a dead-lettered CloudEvent into the original event and its failure record."""
     original = {k: v for k, v in event.items() if k not in ERROR_EXTENSIONS}
-    destination = event.get("knativeerrordest")
-    if not destination:
-        raise BadEvent("missing the knativeerrordest extension", field="knativeerrordest")
-    try:
-        code = int(event["knativeerrorcode"]) if event.get("knativeerrorcode") else None
-        attempts = int(event.get("objectflowattempts") or 1)
-    except ValueError as exc:
-        raise BadEvent(f"malformed error extension: {exc}", field="knativeerrorcode") from None
-    first, last = event.get("objectflowfirstattempt"), event.get("objectflowlastattempt")
+    destination = event.get("knativeerrordest") or store.UNKNOWN_DESTINATION
+    code = _number(event, "knativeerrorcode")
+    attempts = _number(event, "objectflowattempts") or 1
+    first, last = _moment(event, "objectflowfirstattempt"), _moment(event, "objectflowlastattempt")
     return store.DeadLetter(
         event=original,
         destination=str(destination),
@@ -66,9 +66,26 @@ def letter_from(event: dict[str, Any]) -> store.DeadLetter:
         response_body=decode_error_data(event.get("knativeerrordata")),
         attempts=attempts,
         trigger_name=event.get("objectflowtrigger"),
-        first_attempt_at=datetime.fromisoformat(first) if first else None,
-        last_attempt_at=datetime.fromisoformat(last) if last else None,
+        first_attempt_at=first,
+        last_attempt_at=last,
     )
+
+
+def _number(event: dict[str, Any], name: str) -> int | None:
+    """An integer extension; a malformed one is recorded as unknown rather than refused."""
+    try:
+        return int(event[name]) if event.get(name) else None
+    except ValueError:
+        log.warning("ignoring a malformed extension", extra={"extension": name})
+        return None
+
+
+def _moment(event: dict[str, Any], name: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(event[name]) if event.get(name) else None
+    except ValueError:
+        log.warning("ignoring a malformed extension", extra={"extension": name})
+        return None
 
 
 class Stored(BaseModel):

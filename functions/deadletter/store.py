@@ -15,6 +15,8 @@ from psycopg2.extras import RealDictCursor
 
 from functions.runtime import clients
 
+UNKNOWN_DESTINATION = ""  # the letter named no knativeerrordest (MT: timeouts, invalid replies)
+
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
@@ -24,7 +26,7 @@ class DeadLetter:
     """An undeliverable event with what the broker knew when it gave up."""
 
     event: dict[str, Any]  # the CloudEvent in structured form (attributes + data)
-    destination: str
+    destination: str  # UNKNOWN_DESTINATION when the letter did not say
     status_code: int | None
     response_body: str
     attempts: int

@@ -25,9 +25,13 @@ def encode(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
     return {k: quote(v, safe=_SAFE) if _is_attribute(k) else v for k, v in headers.items()}, body
 
 
-def decode(headers: Mapping[str, str], body: bytes | None) -> CloudEvent:
-    """A CloudEvent from binary or structured HTTP; ce-* header values percent-decoded."""
+def decode(headers: Mapping[str, str], body: bytes | None, *, raw_data: bool = False) -> CloudEvent:
+    """A CloudEvent from binary or structured HTTP; ce-* header values percent-decoded.
+    `raw_data`: a binary-mode body stays bytes (a broker forwards it unchanged, as Knative's do)
+    instead of being parsed as JSON and serialised again."""
     plain = {k: unquote(v) if _is_attribute(k) else v for k, v in headers.items()}
+    if raw_data:
+        return from_http(plain, body, data_unmarshaller=lambda data: data)
     return from_http(plain, body)
 
 

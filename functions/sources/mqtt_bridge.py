@@ -6,11 +6,16 @@ broker only once the sink accepted its event, so nothing is lost while the sink 
 is down: the broker keeps unacknowledged messages and redelivers them, and the event id lets the
 functions downstream drop the duplicates. The id is the topic, the payload and the MQTT packet
 id: MQTT resends an unacknowledged message with the same packet id (and the DUP flag), while a
-new message, even with byte-identical payload, gets the next free one.
+new message, even with byte-identical payload, gets the next free one. A route's
+`partition-segment` becomes the `partitionkey` extension, by which `ordered` triggers keep order.
+
+What the sink can never accept (a final 4xx, or an event above the broker class's size limit,
+which the Kafka broker answers with a 503 like an outage) goes to the dead-letter sink and is
+acknowledged, so the one worker never retries a single message forever.
 
 Settings: `K_SINK`, `OBJECTFLOW_MQTT_ROUTES` (JSON list of values.yaml `sources.mqtt-bridge`
-routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT` (optional) and the `MQTT_*`
-connection settings.
+routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT`, `OBJECTFLOW_DEAD_LETTER_SINK`
+and `OBJECTFLOW_MAX_EVENT_BYTES` (optional) and the `MQTT_*` connection settings.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from paho.mqtt.client import MQTTMessage, topic_matches_sub
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from functions.runtime import clients, settings
+from functions.runtime import cehttp, clients, settings
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import SettingsError
 from functions.sources import sink
@@ -55,6 +60,13 @@ class BridgeSettings(BaseSettings):
         default=None, gt=0, lt=65536, validation_alias="OBJECTFLOW_METRICS_PORT"
     )
     max_backoff: float = Field(default=30.0, gt=0, description="Cap of the sink retry delay (s)")
+    dead_letter_sink: str | None = Field(
+        default=None, validation_alias=sink.DEAD_LETTER_ENV, pattern=r"^https?://"
+    )
+    max_event_bytes: int | None = Field(
+        default=None, gt=0, validation_alias="OBJECTFLOW_MAX_EVENT_BYTES",
+        description="The broker class's limit (Kafka: 1 MiB); larger events are dead-lettered",
+    )  # fmt: skip
 
 
 def load_settings() -> BridgeSettings:
@@ -116,6 +128,9 @@ def to_cloudevent(
     subject = topic_level(topic, route.subject_segment)
     if subject is not None:
         attributes["subject"] = subject
+    partition_key = topic_level(topic, route.partition_segment)
+    if partition_key is not None:
+        attributes["partitionkey"] = partition_key
     return CloudEvent(attributes, data)
 
 
@@ -212,6 +227,7 @@ class Bridge:
 
     def forward(self, event: CloudEvent) -> str:
         try:
+            self._check_size(event)
             sink.post_until_accepted(
                 self.session,
                 self.sink_url,
@@ -221,11 +237,38 @@ class Bridge:
                 max_wait=self.config.max_backoff,
             )
         except sink.SinkRejected as exc:
-            log.error(
-                "sink rejected the event for good; acknowledging it", extra={"error": str(exc)}
-            )
-            return "rejected"
+            return self.park(event, exc)
         return "forwarded"
+
+    def _check_size(self, event: CloudEvent) -> None:
+        limit = self.config.max_event_bytes
+        if limit is None:
+            return
+        size = len(cehttp.encode(event)[1])
+        if size > limit:
+            detail = f"the event is {size} bytes, over the broker's limit of {limit}"
+            raise sink.SinkRejected(detail, body=detail)
+
+    def park(self, event: CloudEvent, reason: sink.SinkRejected) -> str:
+        """Dead-letter an event the sink can never accept; then it is acknowledged. Raises
+        SinkUnavailable only when stopping (the message is then redelivered next run)."""
+        url = self.config.dead_letter_sink
+        if url is None:
+            log.error("sink refused the event for good, no dead-letter sink: dropping it",
+                      extra={"error": str(reason)})  # fmt: skip
+            return "rejected"
+        log.error(
+            "sink refused the event for good: dead-lettering it", extra={"error": str(reason)}
+        )
+        try:
+            sink.dead_letter(
+                self.session, url, event, destination=self.sink_url, reason=reason,
+                source=SOURCE, stop=self.stopping,
+            )  # fmt: skip
+        except sink.SinkRejected as exc:
+            log.error("the dead-letter sink refused it too: dropping it", extra={"error": str(exc)})
+            return "rejected"
+        return "dead-lettered"
 
     def work(self) -> None:
         # One worker, FIFO: messages keep their arrival order (per topic, as MQTT guarantees).

@@ -6,9 +6,10 @@
 The chart's CronJob for schedule NAME runs this once per matching minute; it posts the ping
 CloudEvent to `K_SINK` (the broker). A 6-field cron (seconds last, as croniter and the local
 ticker read it) runs the CronJob every minute and fires at each matching second of that minute.
-Ids derive from the schedule and the scheduled time, so a retried Job sends duplicates the
-broker's subscribers recognise. The local ticker (devstack/runtime/ticker.py) builds its events
-here too, so both engines send the same thing.
+As Knative's PingSource (eventing pkg/adapter/mtping/runner.go `cronTick`), each tick gets a
+random id and `time` is when it is sent; a retried post keeps both, but a retried Job is a new
+tick (subscribers dedupe by schedule and time themselves if they must). The local ticker
+(devstack/runtime/ticker.py) builds its events here too, so both engines send the same thing.
 """
 
 from __future__ import annotations
@@ -35,15 +36,13 @@ PING_EVENT = "dev.knative.sources.ping"
 log = logging.getLogger("objectflow.sources.ping")
 
 
-def ping_event(namespace: str, name: str, data: dict[str, Any], at: datetime) -> CloudEvent:
-    """The CloudEvent PingSource `name` in `namespace` sends for its occurrence at `at`."""
-    source = f"/apis/v1/namespaces/{namespace}/pingsources/{name}"
-    at_utc = at.astimezone(UTC)
+def ping_event(namespace: str, name: str, data: dict[str, Any]) -> CloudEvent:
+    """The CloudEvent PingSource `name` in `namespace` sends now: a new id, `time` now."""
     attributes = {
         "type": PING_EVENT,
-        "source": source,
-        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{source}@{at_utc.isoformat()}")),
-        "time": at_utc.isoformat(),
+        "source": f"/apis/v1/namespaces/{namespace}/pingsources/{name}",
+        "id": str(uuid.uuid4()),
+        "time": datetime.now(UTC).isoformat(),
         "datacontenttype": "application/json",
     }
     return CloudEvent(attributes, data)
@@ -79,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     with requests.Session() as session:
         for at in due_in_minute(args.cron, args.timezone, datetime.now(UTC)):
             time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()))
-            event = ping_event(args.namespace, args.name, args.data, at)
+            event = ping_event(args.namespace, args.name, args.data)
             try:  # a tick not delivered within the minute is dropped, as PingSource does
                 sink.post_until_accepted(
                     session, url, event, source="ping", within=60, stop=threading.Event()

@@ -28,6 +28,12 @@ class MqttRoute(BaseModel):
     subject_segment: int | None = Field(
         default=None, ge=0, description="Topic level (0-based) that becomes the CloudEvent subject"
     )
+    partition_segment: int | None = Field(
+        default=None,
+        ge=0,
+        description="Topic level (0-based) that becomes the `partitionkey` extension, by which "
+        "`ordered` triggers keep order (the Kafka broker's record key)",
+    )
 
 
 class MqttBridge(BaseModel):

@@ -238,8 +238,8 @@ def test_the_release_installs_into_any_namespace(helm: Path, rendering: str) -> 
     for cron_job in of_kind(manifests, "CronJob"):
         (container,) = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
         assert "--namespace=staging" in container["args"]
-        sink = next(e["value"] for e in container["env"] if e["name"] == "K_SINK")
-        assert sink.endswith("/staging/default")
+    for binding in of_kind(manifests, "SinkBinding"):  # K_SINK: the broker of this namespace
+        assert binding["spec"]["sink"]["ref"]["name"] == "default"
 
 
 def test_an_unknown_schedule_fails_the_render(helm: Path, tmp_path: Path) -> None:

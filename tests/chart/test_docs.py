@@ -23,7 +23,7 @@ KUBECTL = f"kubectl --context {kind.CONTEXT} -n {wiring.default().namespace}"
 RESOURCES = {
     "ksvc": "Service", "brokers": "Broker", "triggers": "Trigger", "cronjobs": "CronJob",
     "pingsources": "PingSource", "kafkasources": "KafkaSource",
-    "containersources": "ContainerSource",
+    "deployments": "Deployment", "sinkbindings": "SinkBinding",
 }  # fmt: skip
 
 

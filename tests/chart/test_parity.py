@@ -253,7 +253,7 @@ def test_the_same_scale_in_both(both: Both) -> None:
 
 def test_the_same_mqtt_bridge_routes(both: Both) -> None:
     bridge = both.values.sources.mqtt_bridge
-    deployed = {n: s for n, s in both.named("ContainerSource").items() if n == "mqtt-bridge"}
+    deployed = {n: d for n, d in both.named("Deployment").items() if n == "mqtt-bridge"}
     local = both.components.get("mqtt-bridge")
     if not bridge.routes:
         assert not deployed and local is None
@@ -270,7 +270,7 @@ def test_the_same_mqtt_bridge_routes(both: Both) -> None:
         return routes, settings["OBJECTFLOW_MQTT_CLIENT_ID"]
 
     assert parsed(env(container)) == parsed(local.env) == (bridge.routes, bridge.client_id)
-    assert sink_of(deployed["mqtt-bridge"]) == bridge.sink
+    assert sink_of(both.named("SinkBinding")["mqtt-bridge"]) == bridge.sink
     assert local.env["K_SINK"] == local_sink(both, bridge.sink)
 
 
@@ -329,7 +329,9 @@ def test_the_same_minio_buckets_notify_the_webhook_adapter(both: Both) -> None:
 
 
 def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
-    wiring_kinds = {"Trigger", "CronJob", "PingSource", "KafkaSource", "ContainerSource", "Broker"}
+    wiring_kinds = {
+        "Trigger", "CronJob", "PingSource", "KafkaSource", "Deployment", "ContainerSource", "Broker",
+    }  # fmt: skip
     found = {
         (m["kind"], m["metadata"]["name"])
         for m in both.manifests
@@ -345,9 +347,10 @@ def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
     if values.sources.minio.buckets:
         expected.add(("Service", "minio-webhook"))
     if values.sources.mqtt_bridge.routes:
-        expected.add(("ContainerSource", "mqtt-bridge"))
+        expected.add(("Deployment", "mqtt-bridge"))
     if values.sources.mongo_outbox is not None:
         expected.add(("ContainerSource", "mongo-outbox"))
+    expected |= {("Deployment", name) for name in values.sources.outbox_relays}
     assert found == expected
     local = {"dead-letter", *values.functions}
     local |= {"minio-webhook"} if values.sources.minio.buckets else set()
@@ -361,16 +364,24 @@ def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
 
 def test_sources_and_ticks_post_to_the_broker_the_triggers_subscribe_to(both: Both) -> None:
     broker = both.values.broker.name
-    url = (
-        f"http://broker-ingress.knative-eventing.svc.cluster.local/{both.values.namespace}/{broker}"
-    )
-    for name, cron_job in both.named("CronJob").items():
+    # K_SINK is never hard-coded: SinkBindings inject the broker's current address.
+    subjects = {
+        (b["spec"]["subject"]["kind"], b["spec"]["subject"].get("name", "*"))
+        for b in both.named("SinkBinding").values()
+        if b["spec"]["sink"]["ref"] == {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker",
+                                        "name": broker}
+    }  # fmt: skip
+    for cron_job in both.named("CronJob").values():
         (container,) = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
-        assert env(container)["K_SINK"] == url, name
+        assert "K_SINK" not in env(container)
+        assert ("CronJob", "*") in subjects
     if "minio-webhook" in both.services:
         (container,) = both.services["minio-webhook"]["spec"]["template"]["spec"]["containers"]
-        assert env(container)["K_SINK"] == url
-    for kind_name in ("PingSource", "KafkaSource", "ContainerSource"):
+        assert "K_SINK" not in env(container)
+        assert ("Service", "minio-webhook") in subjects
+    if "mqtt-bridge" in both.named("Deployment") and both.values.sources.mqtt_bridge.sink is None:
+        assert ("Deployment", "mqtt-bridge") in subjects
+    for kind_name in ("PingSource", "KafkaSource"):
         for source in both.named(kind_name).values():
             if sink_of(source) is None:  # else a direct sink, test_the_same_kafka_sources
                 assert source["spec"]["sink"]["ref"]["name"] == broker

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import requests
+from aiohttp import web
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from devstack import wiring
+from devstack.runtime import broker as broker_module
 
 OVERLAY = Path(__file__).with_name("values-e2e.yaml")
 
@@ -57,3 +61,39 @@ def deliveries(store: redis.Redis) -> Callable[[str, str | None], list[dict[str,
         return [d for d in found if event_id is None or d["id"] == event_id]
 
     return read
+
+
+@pytest.fixture
+def dead_letter_url(values: wiring.Values) -> str:
+    return f"http://127.0.0.1:{values.ports()['dead-letter']}/"
+
+
+@pytest.fixture
+def class_broker(values: wiring.Values, dead_letter_url: str) -> Iterator[Callable[..., str]]:
+    """`class_broker("Kafka")` -> the URL of a second local broker of that broker class, routing
+    the running runtime's triggers (or `table`) to its running functions, dead letters to the
+    running store (or `dead_letter`). The runtime's own broker has values' class."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runners: list[web.AppRunner] = []
+
+    def start(
+        broker_class: str,
+        table: list[broker_module.Route] | None = None,
+        dead_letter: str | None = None,
+    ) -> str:
+        broker = broker_module.Broker(
+            broker_module.routes(values) if table is None else table,
+            dead_letter or dead_letter_url,
+            broker_class=broker_class,
+        )
+        runner = asyncio.run_coroutine_threadsafe(broker_module.serve(broker, 0), loop).result(10)
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}/"
+
+    yield start
+    for runner in runners:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)

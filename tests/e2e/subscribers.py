@@ -5,7 +5,11 @@ the event's data asks, so a test can script a subscriber's answers:
 - `{"fail": [503, 503]}`: answer those statuses on the first attempts, then 200;
 - `{"broken": true}`: answer 400 while Redis key `e2e:broken:<event id>` exists ("fixed" = deleted);
 - `{"reply": "<type>"}`: answer with a reply CloudEvent of that type;
-- `{"hold": "<key>"}`: a slow subscriber: wait (up to 2 s) while Redis key `<key>` exists.
+- `{"hold": "<key>"}`: a slow subscriber: wait (up to 2 s) while Redis key `<key>` exists;
+- `{"loop": "<root id>", "hop": n}`: reply with the same type and `hop` n + 1 (a reply loop; it
+  stops by itself at hop 400, should the broker's TTL guard not);
+- `{"answer-body": "<text>"}`: answer 200 with that text as the body (not a CloudEvent);
+- `{"failure-body-bytes": n}`: scripted failures carry an n-byte body.
 """
 
 from __future__ import annotations
@@ -44,12 +48,26 @@ def recorder(request: flask.Request) -> flask.Response:
         "subject": event.get("subject"), "time": event.get("time"),
         "attempt": attempt, "at": time.time(), "pid": os.getpid(),
         "data": event.get_data() if not isinstance(event.get_data(), bytes) else None,
+        "body": request.get_data().decode(errors="replace")[:4096],  # as it came on the wire
+        "datacontenttype": event.get("datacontenttype"),
         "extensions": {k: v for k, v in attributes.items() if k not in CORE_ATTRIBUTES},
     }  # fmt: skip
     _store.rpush(f"e2e:deliveries:{name}", json.dumps(delivery, default=str))
     failures = data.get("fail", [])
     if attempt <= len(failures):
-        return flask.Response(f"scripted failure {attempt}", status=failures[attempt - 1])
+        detail = "x" * data["failure-body-bytes"] if data.get("failure-body-bytes") else ""
+        body = detail or f"scripted failure {attempt}"
+        return flask.Response(body, status=failures[attempt - 1])
+    if "answer-body" in data:
+        return flask.Response(data["answer-body"], status=200, mimetype="text/plain")
+    if data.get("loop") and data.get("hop", 0) < 400:
+        hop = data["hop"] + 1
+        looped = CloudEvent(
+            {"type": event["type"], "source": f"/e2e/{name}", "id": f"{data['loop']}-{hop}"},
+            {"loop": data["loop"], "hop": hop},
+        )
+        headers, body = cehttp.encode(looped)
+        return flask.Response(body, status=200, headers=headers)
     if data.get("broken") and _store.exists(f"e2e:broken:{event['id']}"):
         return flask.Response('{"error": "still broken"}', status=400, mimetype="application/json")
     if data.get("reply"):

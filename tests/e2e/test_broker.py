@@ -123,20 +123,20 @@ def test_reply_event_reaches_its_own_trigger(
     assert replies[0]["type"] == "objectflow.test.replied.v1"
 
 
-def test_ordered_trigger_keeps_order_per_subject(
+def test_ordered_trigger_keeps_order_per_partitionkey(
     send: Callable[..., requests.Response], deliveries: Deliveries
 ) -> None:
-    subject = f"cam-{uuid.uuid4().hex[:8]}"
+    key = f"cam-{uuid.uuid4().hex[:8]}"
     sent = []
     for seq in range(15):
         # The first one fails once: without ordering, the rest would overtake its retry.
         data = {"seq": seq, "fail": [503] if seq == 0 else []}
-        ce = event("objectflow.test.sequence.v1", "/camera", data, subject=subject)
+        ce = event("objectflow.test.sequence.v1", "/camera", data, partitionkey=key)
         assert send(ce).status_code == 202
         sent.append(ce["id"])
 
     def successful() -> list[str]:
-        mine = [d for d in deliveries("e2e-ordered") if d["subject"] == subject]
+        mine = [d for d in deliveries("e2e-ordered") if d["extensions"].get("partitionkey") == key]
         return [d["id"] for d in mine if not (d["id"] == sent[0] and d["attempt"] == 1)]
 
     wait_for(lambda: len(successful()) == len(sent), what="all ordered deliveries")

@@ -27,8 +27,12 @@ def overlay(tmp_path: Path, document: dict[str, object]) -> Path:
     return path
 
 
-def start(module: str, args: list[str], sink_url: str) -> subprocess.Popen[bytes]:
+def start(
+    module: str, args: list[str], sink_url: str, dead_letter_url: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "K_SINK": sink_url}
+    if dead_letter_url is not None:
+        env["OBJECTFLOW_DEAD_LETTER_SINK"] = dead_letter_url
     command = [sys.executable, "-m", module, *args]
     return subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.PIPE)
 
@@ -86,10 +90,15 @@ def split(event_id: str) -> tuple[int, int]:
     return int(partition), int(offset)
 
 
-def kafka_source(env: dict[str, str], topic: str, tmp_path: Path) -> tuple[Topic, Path]:
+def kafka_source(
+    env: dict[str, str], topic: str, tmp_path: Path, delivery: dict[str, object] | None = None
+) -> tuple[Topic, Path]:
     """A fresh consumer group on `topic` and the values overlay declaring its KafkaSource."""
     group = f"test-src-{uuid.uuid4().hex[:8]}"
-    document = {"sources": {"kafka": {"test-src": {"topics": [topic], "consumer-group": group}}}}
+    spec: dict[str, object] = {"topics": [topic], "consumer-group": group}
+    if delivery:
+        spec["delivery"] = delivery
+    document = {"sources": {"kafka": {"test-src": spec}}}
     return Topic(env["KAFKA_BOOTSTRAP_SERVERS"], topic, group), overlay(tmp_path, document)
 
 
@@ -117,7 +126,8 @@ def test_delivers_in_order_commits_after_ack_and_resumes_after_restart(
         assert event["key"].startswith("device-")
         assert isinstance(event.data, dict)
 
-        # 2. The sink answers 503 for one record: not committed, retried, nothing overtakes it.
+        # 2. The sink answers 503 for one record: not committed, retried (within the delivery's
+        # retries), nothing overtakes it.
         healthy = False
         sink.answer = lambda e: 202 if healthy or e.data != {"n": 100} else 503
         stuck = kafka.produce("device-0", 100)
@@ -152,22 +162,67 @@ def test_delivers_in_order_commits_after_ack_and_resumes_after_restart(
         kafka.close()
 
 
-def test_a_rejected_record_is_logged_and_committed_past(
+@pytest.fixture
+def dead_letters() -> Iterator[RecordingSink]:
+    with RecordingSink() as recording:
+        yield recording
+
+
+def test_a_rejected_record_is_dead_lettered_and_committed_past(
     service_env: dict[str, str],
     topic: str,
     sink: RecordingSink,
+    dead_letters: RecordingSink,
     tmp_path: Path,
     wait_for: Callable[..., object],
 ) -> None:
+    """EKB: a KafkaSource with a dead-letter sink (the chart renders one) sends a record the
+    sink refuses for good there and commits past it."""
     kafka, values = kafka_source(service_env, topic, tmp_path)
     bad, good = kafka.produce("k", 1), kafka.produce("k", 2)
     sink.answer = lambda e: 400 if e["id"] == bad else 202
-    source = start("devstack.runtime.kafka_source", ["test-src", "--values", str(values)], sink.url)
+    args = ["test-src", "--values", str(values)]
+    source = start("devstack.runtime.kafka_source", args, sink.url, dead_letters.url)
     try:
         partition, offset = split(good)
         wait_for(lambda: kafka.committed(partition) == offset + 1, what="committed past the 400")
         assert sink.tries(bad) == 1  # never retried
-        assert '"message": "sink rejected record"' in terminate(source)
+        [letter] = dead_letters.accepted()
+        assert letter["id"] == bad
+        assert letter["knativeerrorcode"] == "400"
+        assert letter["knativeerrordest"] == sink.url
+        assert '"message": "sink did not take the record"' in terminate(source)
+    finally:
+        if source.poll() is None:
+            source.kill()
+        kafka.close()
+
+
+def test_an_unavailable_sink_gets_the_delivery_retries_then_the_record_is_dead_lettered(
+    service_env: dict[str, str],
+    topic: str,
+    sink: RecordingSink,
+    dead_letters: RecordingSink,
+    tmp_path: Path,
+    wait_for: Callable[..., object],
+) -> None:
+    """EKB with `delivery` (retry 2 from PT0.1S, the Kafka dispatcher's delay·2^n): three
+    attempts 0.2 s and 0.4 s apart, then the dead-letter sink, and the partition moves on;
+    without delivery numbers the stand-in used to retry for ever."""
+    delivery = {"retry": 2, "backoff-delay": "PT0.1S"}
+    kafka, values = kafka_source(service_env, topic, tmp_path, delivery)
+    stuck, behind = kafka.produce("k", 1), kafka.produce("k", 2)
+    sink.answer = lambda e: 503 if e["id"] == stuck else 202
+    args = ["test-src", "--values", str(values)]
+    source = start("devstack.runtime.kafka_source", args, sink.url, dead_letters.url)
+    try:
+        wait_for(lambda: sink.tries(behind) == 1, timeout=30, what="the partition moved on")
+        assert sink.tries(stuck) == 3
+        [letter] = dead_letters.accepted()
+        assert letter["id"] == stuck and letter["knativeerrordest"] == sink.url
+        partition, offset = split(behind)
+        wait_for(lambda: kafka.committed(partition) == offset + 1, what="committed past both")
+        terminate(source)
     finally:
         if source.poll() is None:
             source.kill()

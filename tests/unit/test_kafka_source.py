@@ -1,7 +1,9 @@
-"""Kafka record -> CloudEvent, as Knative's KafkaSource maps it."""
+"""Kafka record -> CloudEvent, as Knative's KafkaSource maps it (eventing-kafka-broker
+knative-v1.16.1 `InvalidCloudEventInterceptor.validRecord`; binary Kafka binding)."""
 
 from __future__ import annotations
 
+import pytest
 from kafka.consumer.fetcher import ConsumerRecord
 
 from devstack.runtime.kafka_source import header_extension, to_cloudevent
@@ -39,23 +41,44 @@ def test_attributes_name_the_source_topic_partition_and_offset() -> None:
     assert event["key"] == event["partitionkey"] == "device-7"
 
 
-def test_json_value_becomes_json_data() -> None:
-    event = to_cloudevent(record(b'{"online": true}'), "objectflow", "devices")
-    assert event["datacontenttype"] == "application/json"
-    assert event.data == {"online": True}
+@pytest.mark.parametrize("value", [b'{"online":  true}', b"\x00\xffnot json"])
+def test_values_keep_their_bytes_and_get_no_guessed_content_type(value: bytes) -> None:
+    event = to_cloudevent(record(value), "objectflow", "devices")
+    assert "datacontenttype" not in event
+    assert event.data == value
 
 
-def test_other_values_stay_bytes() -> None:
-    event = to_cloudevent(record(b"\x00\xffnot json"), "objectflow", "devices")
-    assert event["datacontenttype"] == "application/octet-stream"
-    assert event.data == b"\x00\xffnot json"
-
-
-def test_null_key_has_no_key_extension_and_tombstone_no_data() -> None:
-    event = to_cloudevent(record(None, key=None), "objectflow", "devices")
+@pytest.mark.parametrize("key", [None, b""])
+def test_null_or_empty_key_has_no_key_extension_and_tombstone_no_data(key: bytes | None) -> None:
+    event = to_cloudevent(record(None, key=key), "objectflow", "devices")
     assert "key" not in event
     assert "partitionkey" not in event
     assert event.data is None
+
+
+CE_HEADERS = [
+    ("ce_specversion", b"1.0"),
+    ("ce_id", b"order-1"),
+    ("ce_source", b"/shop"),
+    ("ce_type", b"shop.order.v1"),
+    ("ce_subject", b"cart-9"),
+    ("content-type", b"application/json"),
+]
+
+
+def test_a_record_in_the_binary_kafka_binding_is_its_cloudevent() -> None:
+    event = to_cloudevent(record(b'{"n": 1}', headers=CE_HEADERS), "objectflow", "devices")
+    assert (event["id"], event["source"], event["type"]) == ("order-1", "/shop", "shop.order.v1")
+    assert event["subject"] == "cart-9"
+    assert event["datacontenttype"] == "application/json"
+    assert event.data == b'{"n": 1}'
+
+
+def test_incomplete_ce_headers_leave_a_plain_record() -> None:
+    headers = [h for h in CE_HEADERS if h[0] != "ce_id"]
+    event = to_cloudevent(record(b"{}", headers=headers), "objectflow", "devices")
+    assert event["type"] == "dev.knative.kafka.event"
+    assert event["kafkaheadercetype"] == "shop.order.v1"
 
 
 def test_headers_become_kafkaheader_extensions_and_content_type_is_datacontenttype() -> None:

@@ -65,6 +65,16 @@ def test_binary_message_keeps_raw_bytes_and_has_no_subject_without_segment() -> 
     assert "subject" not in event.get_attributes()
 
 
+def test_a_partition_segment_becomes_the_partitionkey() -> None:
+    """eventing-kafka-broker `PartitionKeyExtensionInterceptor`: `partitionkey` is the record
+    key, so one camera's chunks share a partition (and an ordered trigger's order)."""
+    keyed = CHUNK.model_copy(update={"partition_segment": 1})
+    event = mqtt_bridge.to_cloudevent(keyed, "camera/cam-7/image_json", b"{}", ORIGIN, 1)
+    assert event["partitionkey"] == "cam-7"
+    plain = mqtt_bridge.to_cloudevent(CHUNK, "camera/cam-7/image_json", b"{}", ORIGIN, 1)
+    assert "partitionkey" not in plain.get_attributes()
+
+
 def test_message_id_tells_a_redelivery_from_a_new_message() -> None:
     first = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN, 7)
     again = mqtt_bridge.to_cloudevent(CHUNK, "camera/a/image_json", b"{}", ORIGIN, 7)  # DUP

@@ -1,7 +1,8 @@
 {{/*
 In-cluster backing services for kind (dev-services.enabled): upstream images, one replica, a
 PersistentVolumeClaim each, the same hardening as the chart's own containers (each image's
-own non-root uid, writable paths as volumes).
+own non-root uid, read-only root filesystem: every path a service writes is a volume, which
+tests/chart checks), each behind a headless Service (the StatefulSet's governing Service).
 
 (dict "root" $ "name" "postgresql" "uid" 999 "ports" (list (dict "name" .. "port" ..))
       "data" "/path") and what is particular to the service from template
@@ -22,6 +23,7 @@ metadata:
   labels:
     {{- include "objectflow.labels" $labels | nindent 4 }}
 spec:
+  clusterIP: None
   selector:
     {{- include "objectflow.podLabels" $labels | nindent 4 }}
   ports:
@@ -149,6 +151,13 @@ container:
     {{- include "objectflow.secretEnv" (list . "RABBITMQ_DEFAULT_PASS" "RABBITMQ_PASSWORD") | nindent 4 }}
     - name: RABBITMQ_DEFAULT_VHOST
       value: {{ $config.RABBITMQ_VHOST }}
+# RabbitMQ 3.13 opens its upgrade log under /var/log/rabbitmq even when it logs to the console.
+mounts:
+  - name: log
+    mountPath: /var/log/rabbitmq
+volumes:
+  - name: log
+    emptyDir: {}
 {{- end }}
 
 {{/* KRaft, one node, formatted on first start; the cluster id is base64url("objectflow-kafka"). */}}

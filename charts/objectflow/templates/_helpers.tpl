@@ -109,6 +109,37 @@ would ignore overrides to 0 or false. (list $defaults $override) */}}
 http://{{ $ingress }}.knative-eventing.svc.cluster.local/{{ .Release.Namespace }}/{{ .Values.broker.name }}
 {{- end }}
 
+{{- define "objectflow.kafkaBrokerConfig" -}}
+{{ include "objectflow.fullname" . }}-kafka-broker
+{{- end }}
+
+{{/* Names of the `ordered` triggers (a list), which only the Kafka broker class honours. */}}
+{{- define "objectflow.orderedTriggers" -}}
+{{- $names := list -}}
+{{- range $fn := .Values.functions -}}
+{{- range $fn.triggers -}}
+{{- if .ordered }}{{ $names = append $names .name }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{ toJson $names }}
+{{- end }}
+
+{{/* A SinkBinding: Knative injects K_SINK (the broker's address, kept current when transport
+encryption or OIDC changes it) into the subject's pods. (dict "root" $ "name" ... "subject" {...}) */}}
+{{- define "objectflow.sinkBinding" -}}
+apiVersion: sources.knative.dev/v1
+kind: SinkBinding
+metadata:
+  name: {{ .name }}
+  namespace: {{ .root.Release.Namespace }}
+  labels:
+    {{- include "objectflow.labels" (dict "root" .root "component" "source") | nindent 4 }}
+spec:
+  subject:
+    {{- toYaml .subject | nindent 4 }}
+  {{- include "objectflow.sink" (dict "root" .root "function" .function) | nindent 2 }}
+{{- end }}
+
 {{/* S3 event names of a sources.minio bucket as `mc event add --event` takes them. */}}
 {{- define "objectflow.mcEvents" -}}
 {{- $events := list -}}
