@@ -330,7 +330,8 @@ def test_the_same_minio_buckets_notify_the_webhook_adapter(both: Both) -> None:
 
 def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
     wiring_kinds = {
-        "Trigger", "CronJob", "PingSource", "KafkaSource", "Deployment", "ContainerSource", "Broker",
+        "Trigger", "CronJob", "PingSource", "KafkaSource", "Deployment", "ContainerSource",
+        "Broker",
     }  # fmt: skip
     found = {
         (m["kind"], m["metadata"]["name"])
