@@ -128,7 +128,7 @@ def run_by_hand(schedule_name: str, overlays: Sequence[Path]) -> list[Run]:
         declared = ", ".join(values.schedules) or "none"
         raise UnknownSchedule(f"no schedule {schedule_name!r} in the wiring (declared: {declared})")
     schedule = values.schedules[schedule_name]
-    event = ping_event(values.namespace, schedule_name, schedule.data, datetime.now(UTC))
+    event = ping_event(values.namespace, schedule_name, schedule.data)
     ports, broker = values.function_ports(), f"http://127.0.0.1:{values.local.broker_port}/"
     headers, body = cehttp.encode(event)
     runs = []

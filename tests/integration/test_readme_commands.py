@@ -39,7 +39,10 @@ def doc_commands() -> list[str]:
         lines += re.findall(r"`([^`\n]+)`", prose)
         for line in lines:
             for part in line.split("&&"):
-                words = shlex.split(part, comments=True)
+                try:
+                    words = shlex.split(part, comments=True)
+                except ValueError:  # one line of a quoted multi-line argument (SQL for psql)
+                    continue
                 if words and COMMAND.match(shlex.join(words)):
                     found[shlex.join(words)] = None
     return list(found)
