@@ -165,6 +165,8 @@ def tick(
         typer.echo(f"{run.function}: {run.status}{reply}")
     if not runs:
         typer.echo(f"no function is triggered by schedule {schedule!r}")
+    else:
+        typer.echo(runs[0].event_id)  # the tick's id, last, as with K_SINK
     if any(run.status >= 300 for run in runs):
         raise typer.Exit(1)
 

@@ -114,6 +114,7 @@ class Run:
     function: str
     status: int
     reply: CloudEvent | None
+    event_id: str  # of the tick
 
 
 def run_by_hand(schedule_name: str, overlays: Sequence[Path]) -> list[Run]:
@@ -145,7 +146,7 @@ def run_by_hand(schedule_name: str, overlays: Sequence[Path]) -> list[Run]:
             if answer.ok and answer.content:
                 reply = cehttp.decode(dict(answer.headers), answer.content)
                 sink.post(session, broker, reply)
-            runs.append(Run(function, answer.status_code, reply))
+            runs.append(Run(function, answer.status_code, reply, event["id"]))
     return runs
 
 

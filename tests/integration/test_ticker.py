@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from cloudevents.http import CloudEvent
 
+from devstack import wiring
 from tests.conftest import ROOT
 from tests.integration.test_kafka_source import overlay, start, terminate
 from tests.support import RecordingSink
@@ -92,7 +93,7 @@ def test_objectflow_tick_of_an_unknown_schedule_is_one_clear_line(
     done = tick("nope", "--values", str(values), sink_url=sink.url)
     assert done.returncode == 1
     output = (done.stdout + done.stderr).strip()
-    declared = "camera-reconcile, camera-sweep, nightly"  # values.yaml's plus the overlay's
+    declared = ", ".join([*wiring.default().schedules, "nightly"])  # values.yaml's + overlay's
     assert output.splitlines() == [
         f"error: no schedule 'nope' in the wiring (declared: {declared})"
     ], output
