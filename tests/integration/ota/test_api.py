@@ -127,11 +127,17 @@ def test_a_job_is_created_with_its_history_and_outbox_row_in_one_go(
     api: Any, ota_env: dict[str, str], device: Callable[..., str], firmware: str
 ) -> None:
     device_id = device()
-    response = api.post("/jobs", json={"device_id": device_id, "firmware_version": firmware})
+    # Due in two hours: the running runtime's ota-scheduler would make a job due now `ready`
+    # (a second version and outbox row) while this test reads it.
+    later = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0).isoformat()
+    response = api.post(
+        "/jobs",
+        json={"device_id": device_id, "firmware_version": firmware, "schedule_time": later},
+    )
     assert response.status_code == 201, response.text
     job = response.json()
     assert job["status"] == "scheduled" and job["version"] == 1
-    assert job["schedule"]["kind"] == "now" and response.headers["etag"] == '"1"'
+    assert job["schedule"]["kind"] == "at" and response.headers["etag"] == '"1"'
     assert api.get(f"/jobs/{job['id']}").json() == job
     ((kind, job_id, payload),) = outbox_rows(ota_env, [device_id])
     assert (kind, job_id) == ("job.created", job["id"])
