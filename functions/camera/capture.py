@@ -153,9 +153,7 @@ def finish(store: ChunkStore, image_id: str, *, by: str) -> Finished:
             return Finished("incomplete")
         image = b"".join(parts[i] for i in range(len(parts)))
         key = _publish_image(camera_uid, image_id, image, cfg.quarantine_prefix)
-        clients.call(
-            "redis", lambda: store.mark_processed(image_id, camera_uid, key, cfg.processed_ttl_s)
-        )
+        clients.call("redis", lambda: store.mark_processed(image_id, key, cfg.processed_ttl_s))
     finally:
         try:
             lock.release()

@@ -83,10 +83,19 @@ local function joins(id)
   if held then return held == data end
   return index > tonumber(m[2] or -1)
 end
+-- The camera's last chunk again, right after its capture finished (a resend), stays with it;
+-- only a last chunk can be that, as a new capture begins at index 0 (or is one chunk, equal).
+local function repeats_last(id)
+  if redis.call('EXISTS', 'processed:' .. id) == 0 then return false end
+  local m = redis.call('HMGET', 'image_chunks:' .. id .. ':meta', 'total', 'last_at')
+  if not m[1] or tonumber(m[1]) ~= total or index ~= total - 1 then return false end
+  if index == 0 and now - tonumber(m[2] or now) > idle then return false end
+  return redis.call('HGET', 'image_chunks:' .. id .. ':digests', index) == redis.sha1hex(data)
+end
 local image_id = given
 if given == '' then
   image_id = redis.call('GET', KEYS[1])
-  if not (image_id and joins(image_id)) then image_id = fresh end
+  if not (image_id and (joins(image_id) or repeats_last(image_id))) then image_id = fresh end
 end
 local chunks, meta = 'image_chunks:' .. image_id, 'image_chunks:' .. image_id .. ':meta'
 local function remember()
@@ -128,14 +137,14 @@ return {'stored', image_id, received, total}
 """
 
 # Finished: flag it, drop the chunk bytes but keep their digests and the small meta hash (for a
-# late chunk and the status API), and end the camera's session only if it still points here.
+# late chunk and the status API). The camera's session keeps pointing here until its expiry, so
+# a resend of the last chunk is known as one; any other chunk starts the next capture.
 _MARK_PROCESSED = """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
 redis.call('EXPIRE', KEYS[2] .. ':digests', ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
-if redis.call('GET', KEYS[5]) == ARGV[3] then redis.call('DEL', KEYS[5]) end
 return 1
 """
 
@@ -281,16 +290,11 @@ class ChunkStore:
             processed_key=processed.decode() if processed is not None else None,
         )
 
-    def mark_processed(
-        self, image_id: str, camera_uid: str, object_key: str, keep_for: int
-    ) -> None:
+    def mark_processed(self, image_id: str, object_key: str, keep_for: int) -> None:
         self._mark(
-            keys=[
-                processed_key(image_id), chunks_key(image_id), meta_key(image_id), CAPTURES,
-                session_key(camera_uid),
-            ],
+            keys=[processed_key(image_id), chunks_key(image_id), meta_key(image_id), CAPTURES],
             args=[object_key, keep_for, image_id],
-        )  # fmt: skip
+        )
 
     def discard(self, image_id: str, camera_uid: str | None) -> None:
         session = session_key(camera_uid) if camera_uid else ""

@@ -139,7 +139,9 @@ def test_back_to_back_captures_without_image_id_are_never_mixed(
     assert sorted(sha256(b) for b in stored.values()) == sorted([sha256(first), sha256(second)])
     assert {k.rsplit(".", 1)[1] for k in stored} == {"jpg", "bin"}
     assert len(rows(service_env, camera)) == 2
-    assert not redis_client(service_env).exists(f"camera_session:{camera}")
+    # The session still names the finished capture (to know a resent last chunk), nothing else.
+    session = redis_client(service_env).get(f"camera_session:{camera}")
+    assert session is not None and redis_client(service_env).exists(f"processed:{session.decode()}")
 
 
 def test_an_abandoned_capture_does_not_swallow_the_next_one(
@@ -222,6 +224,18 @@ def test_non_json_chunk_and_a_changed_total_with_image_id_are_rejected(
     session = redis_client(service_env).get(f"camera_session:{camera}")
     send(ingest, [payload_with(index=0, total=5)(camera)])
     assert redis_client(service_env).get(f"camera_session:{camera}") not in (None, session)
+
+
+def test_a_resent_last_chunk_of_a_finished_session_capture_stores_nothing_new(
+    app: App, service_env: dict[str, str]
+) -> None:
+    camera, ingest = uid(), app("ingest")
+    single = camera_sim.Capture(camera, camera_sim.image(900, seed=31), 1).payloads()
+    double = camera_sim.Capture(camera, camera_sim.image(1800, seed=32), 2).payloads()
+    send(ingest, single + single)  # a one-chunk capture, resent as a new MQTT message
+    send(ingest, double + double[-1:])  # the same for the last chunk of a longer one
+    send(ingest, single)  # then the one-chunk image again, now after another capture
+    assert len(objects(service_env, camera)) == 3 and len(rows(service_env, camera)) == 3
 
 
 # --- camera-watch ---------------------------------------------------------------------------
