@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from devstack import dlq, kind, stack
-from devstack.config import PATHS, read_env_file
+from devstack.config import PATHS, ROOT, read_env_file
 from devstack.demo import names as demo_names
 from devstack.errors import DevstackError
 
@@ -169,6 +169,28 @@ def tick(
         typer.echo(runs[0].event_id)  # the tick's id, last, as with K_SINK
     if any(run.status >= 300 for run in runs):
         raise typer.Exit(1)
+
+
+@app.command()
+def chaos(
+    only: list[str] | None = typer.Option(
+        None,
+        "--only",
+        metavar="DOMAIN",
+        help="Only this domain's tests (repeatable).",
+        show_default=False,
+    ),
+) -> None:
+    """Run the load and fault tests (pytest marker `chaos`) at full size against the running
+    stack; `make test` runs each at a short size. `make chaos` brings the stack up first."""
+    import os
+    import subprocess
+    import sys
+
+    marker = "chaos" + (f" and ({' or '.join(only)})" if only else "")
+    command = [sys.executable, "-m", "pytest", "tests", "-m", marker, "-v"]
+    env = {**os.environ, "OBJECTFLOW_TEST_SCALE": "full"}
+    raise typer.Exit(subprocess.run(command, cwd=ROOT, env=env, check=False).returncode)
 
 
 @app.command()

@@ -10,6 +10,14 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def scaled(short: int, full: int) -> int:
+    """A load or fault test's size: `short` in `make test`, `full` under `make chaos`
+    (`objectflow chaos` sets OBJECTFLOW_TEST_SCALE=full)."""
+    import os
+
+    return full if os.environ.get("OBJECTFLOW_TEST_SCALE") == "full" else short
+
+
 def wait_for(
     condition: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.1, what: str = ""
 ) -> T:

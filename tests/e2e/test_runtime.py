@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import redis
 
 from devstack import process, wiring
 from devstack.config import PATHS
 from devstack.runtime import supervisor
-from tests.support import E2E_OVERLAY, start_stack, wait_for
+from tests.support import E2E_OVERLAY, scaled, start_stack, wait_for
 
 
 def objectflow(*args: str) -> None:
@@ -52,7 +53,7 @@ def servers(processes: list[psutil.Process]) -> Counter[str]:
     return Counter(p.environ()["OBJECTFLOW_COMPONENT"] for p in processes if p.ppid() not in pids)
 
 
-def test_sigkilled_runtime_leaves_nothing_behind_and_restarts_cleanly() -> None:
+def test_sigkilled_runtime_leaves_nothing_and_a_held_port_stops_the_next_start() -> None:
     values = wiring.load(E2E_OVERLAY)
     expected = Counter(c.name for c in supervisor.components(values, [E2E_OVERLAY]))
     assert expected["mqtt-bridge"] == 1 and expected["cron-ticker"] == 1
@@ -76,39 +77,35 @@ def test_sigkilled_runtime_leaves_nothing_behind_and_restarts_cleanly() -> None:
         objectflow("down", "--runtime-only")
         assert not process.alive(supervisor_pid)
         assert runtime_processes() == []
-    finally:
-        start_stack()
-
-
-def test_a_port_held_by_a_stranger_is_refused_with_its_holder() -> None:
-    values = wiring.load(E2E_OVERLAY)
-    port = values.function_ports()["echo"]
-    objectflow("down", "--runtime-only")
-    stranger = subprocess.Popen(
-        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: process.port_holder(port), what=f"the stranger on {port}")
-        up = subprocess.run(
-            [sys.executable, "-m", "devstack.cli", "up", "--values", str(E2E_OVERLAY)],
-            capture_output=True,
-            text=True,
+        # Its ports are free now; one a stranger holds stops the next start, naming the holder.
+        port = values.function_ports()["echo"]
+        stranger = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        assert up.returncode != 0
-        output = " ".join((up.stdout + up.stderr).split())
-        assert f"port {port} (echo) is held by pid {stranger.pid}" in output
-        assert runtime_processes() == []
+        try:
+            wait_for(lambda: process.port_holder(port), what=f"the stranger on {port}")
+            up = subprocess.run(
+                [sys.executable, "-m", "devstack.cli", "up", "--values", str(E2E_OVERLAY)],
+                capture_output=True,
+                text=True,
+            )
+            assert up.returncode != 0
+            output = " ".join((up.stdout + up.stderr).split())
+            assert f"port {port} (echo) is held by pid {stranger.pid}" in output
+            assert runtime_processes() == []
+        finally:
+            stranger.terminate()
+            stranger.wait()
     finally:
-        stranger.terminate()
-        stranger.wait()
         start_stack()
 
 
 # --- durable acceptance ----------------------------------------------------------------------
 
-KEYS, PER_KEY = 10, 500  # 5,000 events, 10 ordered partitions
+# 10 ordered partitions of 100 events (500 under `make chaos`)
+KEYS, PER_KEY = 10, scaled(100, 500)
 
 
 def post_in_flight(broker: str, run: str) -> int:
@@ -169,43 +166,38 @@ def pending_in_journal() -> int:
     return count_pending(supervisor.JOURNAL) or 0
 
 
-def test_a_values_change_restart_loses_no_accepted_event(
+@pytest.mark.chaos
+def test_neither_a_values_change_restart_nor_a_sigkill_loses_an_accepted_event(
     broker: str, store: redis.Redis, tmp_path: Path
 ) -> None:
-    run = uuid.uuid4().hex[:8]
+    """Both ways a runtime ends with most accepted events still in flight: restarted by `up`
+    for changed values, then (on those values) SIGKILLed; `up` brings back the e2e diagram."""
+    changed_run, killed_run = uuid.uuid4().hex[:8], uuid.uuid4().hex[:8]
     changed = tmp_path / "changed.yaml"
-    changed.write_text(f"functions:\n  e2e-slow:\n    env: {{E2E_GENERATION: '{run}'}}\n")
-    store.set(f"e2e:hold:{run}", 1, ex=300)
+    changed.write_text(f"functions:\n  e2e-slow:\n    env: {{E2E_GENERATION: '{changed_run}'}}\n")
     try:
-        assert post_in_flight(broker, run) == KEYS * PER_KEY
+        store.set(f"e2e:hold:{changed_run}", 1, ex=300)
+        assert post_in_flight(broker, changed_run) == KEYS * PER_KEY
         assert pending_in_journal() > KEYS * PER_KEY / 2  # most still in flight
         old = runtime_pid()
         command = ["up", "--values", str(E2E_OVERLAY), "--values", str(changed)]
         up = subprocess.Popen([sys.executable, "-m", "devstack.cli", *command])
         wait_for(lambda: not process.alive(old), timeout=60, what="the old runtime to stop")
-        store.delete(f"e2e:hold:{run}")  # the restarted subscriber is fast
+        store.delete(f"e2e:hold:{changed_run}")  # the restarted subscriber is fast
         assert up.wait(timeout=180) == 0
-        assert_all_delivered_in_order(store, run)
-    finally:
-        store.delete(f"e2e:hold:{run}")
-        start_stack()
+        assert_all_delivered_in_order(store, changed_run)
 
-
-def test_sigkilled_broker_delivers_every_accepted_event_after_up(
-    broker: str, store: redis.Redis
-) -> None:
-    run = uuid.uuid4().hex[:8]
-    store.set(f"e2e:hold:{run}", 1, ex=300)
-    try:
-        assert post_in_flight(broker, run) == KEYS * PER_KEY
+        store.set(f"e2e:hold:{killed_run}", 1, ex=300)
+        assert post_in_flight(broker, killed_run) == KEYS * PER_KEY
         os.kill(runtime_pid(), signal.SIGKILL)  # the broker runs in the supervisor's process
         assert pending_in_journal() > KEYS * PER_KEY / 2  # most were still in flight
-        store.delete(f"e2e:hold:{run}")  # the restarted subscriber is fast
+        store.delete(f"e2e:hold:{killed_run}")
         start_stack()
-        assert_all_delivered_in_order(store, run)
+        assert_all_delivered_in_order(store, killed_run)
         wait_for(lambda: pending_in_journal() == 0, what="an empty journal")
     finally:
-        store.delete(f"e2e:hold:{run}")
+        store.delete(f"e2e:hold:{changed_run}", f"e2e:hold:{killed_run}")
+        start_stack()
 
 
 # --- scale-out ---------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg2
+import pytest
 import requests
 
 from devstack import wiring
@@ -24,7 +25,7 @@ from devstack.camera import sim as camera_sim
 from devstack.runtime import ticker
 from tests.camera_support import BoundQueue, objects, redis_client, rows, sha256, snapshot, sql
 from tests.e2e.camera.conftest import uid
-from tests.support import E2E_OVERLAY, s3_client, start_stack, stop_service, wait_for
+from tests.support import E2E_OVERLAY, s3_client, scaled, start_stack, stop_service, wait_for
 
 Deliveries = Callable[..., list[dict[str, Any]]]
 
@@ -33,11 +34,12 @@ def settled(env: dict[str, str], camera: str, captures: int) -> bool:
     return len(objects(env, camera)) == captures and len(rows(env, camera)) == captures
 
 
-def test_twenty_cameras_publishing_concurrently(
+@pytest.mark.chaos
+def test_many_cameras_publishing_concurrently(
     stack_env: dict[str, str], camera_client: Callable[[], Any], queue: BoundQueue
 ) -> None:
     rng = random.Random(20)
-    cameras = [uid() for _ in range(20)]
+    cameras = [uid() for _ in range(scaled(6, 20))]
     plan: dict[str, list[tuple[camera_sim.Capture, list[dict[str, Any]]]]] = {}
     for n, camera in enumerate(cameras):
         plan[camera] = []
