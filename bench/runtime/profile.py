@@ -1,8 +1,9 @@
 """py-spy (bench dependency group) sampling the broker and the function during one latency run.
 
-`record` starts one sampler per process (raw collapsed stacks, idle threads left out, so the
-samples count on-CPU time); `summary` turns their output into CPU shares per part of the hot
-path, which bench.py multiplies by the measured CPU time per event.
+`record` starts one sampler per process: raw collapsed stacks of the thread holding the GIL, so
+the samples count Python work on the CPU, not threads waiting for the GIL. `summary` turns them
+into CPU shares per part of the hot path, which bench.py multiplies by the measured CPU time per
+event.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Sampler:
         spy = str(Path(sys.executable).with_name("py-spy"))
         self.command = [
             spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
-            "--rate", str(RATE), "--format", "raw", "--nonblocking",
+            "--rate", str(RATE), "--format", "raw", "--nonblocking", "--gil",
             "--output", str(out / f"profile-{part}-{pid}.txt"),
         ]  # fmt: skip
         self._thread = threading.Timer(delay, self._run)

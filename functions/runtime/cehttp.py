@@ -10,6 +10,7 @@ on the way (HTTP header values are Latin-1 at best). Use these two instead of th
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import quote, unquote
 
 from cloudevents.abstract import AnyCloudEvent
@@ -23,6 +24,19 @@ def encode(event: AnyCloudEvent) -> tuple[dict[str, str], bytes]:
     """Binary-mode headers (ce-* values percent-encoded) and body."""
     headers, body = to_binary(event)
     return {k: quote(v, safe=_SAFE) if _is_attribute(k) else v for k, v in headers.items()}, body
+
+
+def encode_attributes(
+    attributes: Mapping[str, Any], data: bytes | None
+) -> tuple[dict[str, str], bytes | None]:
+    """What `encode` makes of an event whose data is bytes already (a broker forwarding the
+    body it received), built from its attributes without the SDK's per-event objects."""
+    content_type = attributes.get("datacontenttype")
+    headers = {"content-type": content_type} if content_type else {}
+    for name, value in attributes.items():
+        if name != "datacontenttype" and value is not None:
+            headers[f"ce-{name}"] = quote(str(value), safe=_SAFE)
+    return headers, data
 
 
 def decode(headers: Mapping[str, str], body: bytes | None, *, raw_data: bool = False) -> CloudEvent:
