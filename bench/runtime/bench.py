@@ -254,6 +254,7 @@ class ColdStart:
     seconds: list[float] = field(default_factory=list)
     rss_mib: list[float] = field(default_factory=list)
     pss_mib: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)  # the tree's CPU until the answer
     processes: int = 0
 
     @property
@@ -267,6 +268,10 @@ class ColdStart:
     @property
     def median_pss(self) -> float:
         return statistics.median(self.pss_mib)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu_seconds)
 
 
 def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) -> None:
@@ -302,8 +307,10 @@ def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) ->
                     raise DevstackError(f"bench: {result.entrypoint} did not answer; see {log}")
                 time.sleep(0.005)
             elapsed = time.perf_counter() - started
+            tree = process_tree(child.pid)
+            used = cpu_seconds(tree)  # children still running count (gunicorn's worker)
             rss, pss = tree_memory_kb(child.pid)
-            result.processes = len(process_tree(child.pid))
+            result.processes = len(tree)
         finally:
             child.terminate()
             try:
@@ -312,8 +319,34 @@ def cold_start_once(result: ColdStart, event_type: str, data: dict[str, Any]) ->
                 child.kill()
                 child.wait()
     result.seconds.append(round(elapsed, 4))
+    result.cpu_seconds.append(round(used, 4))
     result.rss_mib.append(round(rss / 1024, 1))
     result.pss_mib.append(round(pss / 1024, 1))
+
+
+IMPORTS = ("functions_framework", "flask")  # what the bare hello-world imports
+ECHO_MODULE = "functions.echo.function"
+
+
+def import_times(module: str, repeats: int = 3) -> dict[str, float]:
+    """`python -X importtime`: cumulative ms of importing `module` after functions-framework,
+    and of its largest objectflow-owned parts (the best of `repeats`, as contention only adds)."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        code = f"import {', '.join(IMPORTS)}; import {module}"
+        done = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", code],
+            cwd=ROOT, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        for line in done.stderr.splitlines():
+            parts = line.removeprefix("import time:").split("|")
+            if len(parts) != 3 or not parts[1].strip().isdigit():
+                continue
+            name = parts[2].strip()
+            if name in IMPORTS or name.startswith("functions.") or name == "pydantic":
+                ms = int(parts[1]) / 1000
+                best[name] = min(best.get(name, ms), ms)
+    return best
 
 
 # --- report -------------------------------------------------------------------------------
@@ -362,7 +395,12 @@ def hop_aims_met(runs: list[LatencyRun]) -> dict[str, bool]:
     return met
 
 
-def table(runs: list[LatencyRun], cold: dict[str, ColdStart], fsync: tuple[float, float]) -> Table:
+def table(
+    runs: list[LatencyRun],
+    cold: dict[str, ColdStart],
+    fsync: tuple[float, float],
+    imports: dict[str, float],
+) -> Table:
     out = Table(title="objectflow local runtime", show_lines=False)
     columns = ("measure", "objectflow (broker)", "design (direct POST)", "limit", "Δ / ratio")
     for column in (*columns, "aim", "met"):
@@ -501,6 +539,32 @@ def table(runs: list[LatencyRun], cold: dict[str, ColdStart], fsync: tuple[float
         "",
         "",
     )
+    out.add_row(
+        "  CPU s to 1st event",
+        f"{adapter.median_cpu:.2f} s",
+        f"{bare.median_cpu:.2f} s",
+        "",
+        f"{adapter.median_cpu / bare.median_cpu:.2f}x",
+        "",
+        "",
+    )
+    framework = imports.get(IMPORTS[0], 0.0)  # functions-framework imports flask itself
+    out.add_row(
+        "  import (-X importtime)",
+        f"+{imports.get(ECHO_MODULE, 0.0):.0f} ms",
+        f"{framework:.0f} ms",
+        "",
+        f"{(framework + imports.get(ECHO_MODULE, 0.0)) / framework:.2f}x" if framework else "",
+        "",
+        "",
+    )
+    parts = sorted(
+        (name for name in imports if name.startswith("functions.") and name != ECHO_MODULE),
+        key=lambda name: -imports[name],
+    )
+    for name in [*parts[:4], "pydantic"]:
+        if name in imports:
+            out.add_row(f"    {name}", f"{imports[name]:.0f} ms", "", "", "", "", "")
     return out
 
 
@@ -616,7 +680,8 @@ def run(
                 cold_start_once(cold[name], event_type, data)
                 bar.advance(task)
 
-    console.print(table(runs, cold, fsync))
+    imports = import_times(ECHO_MODULE)
+    console.print(table(runs, cold, fsync, imports))
     for profiled_run in runs:
         if profiled_run.profile:
             console.print(profile_table(profiled_run))
@@ -662,10 +727,12 @@ def run(
                 "median_seconds": c.median_seconds,
                 "median_rss_mib": c.median_rss,
                 "median_pss_mib": c.median_pss,
+                "median_cpu_seconds": c.median_cpu,
             }
             for c in cold.values()
         ],
         "cold_start_ratio": round(cold_ratio, 3),
+        "import_ms": imports,
         "rss_ratio": round(rss_ratio, 3),
         "total_seconds": round(time.monotonic() - began, 1),
     }
