@@ -276,7 +276,14 @@ class Broker:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created inside the running loop
             connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # No cookie jar and no decompression: a broker carries neither, and both cost
+            # every request a pass over its headers.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
         return self._session
 
     async def close(self) -> None:
