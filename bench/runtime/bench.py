@@ -218,7 +218,10 @@ def latency_run(
     latencies = sorted((received - sent) * 1000 for _id, sent, received in got.values())
     for sampler in samplers:
         sampler.wait()
-    shares = {part: profile.summary(sorted(OUT.glob(f"profile-{part}-*.txt"))) for part in traced}
+    shares = {  # this run's samples only: an earlier run's files are gone by now
+        part: profile.summary(sorted(OUT.glob(f"profile-{part}-*.txt")))
+        for part in (traced if profiled else ())
+    }
     run = LatencyRun(
         rate=rate,
         path=path,
