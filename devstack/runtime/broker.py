@@ -43,6 +43,7 @@ from functions.sources.sink import retryable_status
 log = logging.getLogger("objectflow.broker")
 Wire = tuple[dict[str, str], bytes]  # an event serialised once, in binary mode
 HOST = "127.0.0.1"
+MATCH_CACHE = 4096  # distinct filtered-attribute combinations remembered
 
 INGRESS = Counter("objectflow_broker_ingress_total", "Requests at the ingress.", ["outcome"])
 DELIVERIES = Counter(
@@ -97,37 +98,55 @@ class Processes:
         self._probing: set[str] = set()
         self._probes: set[asyncio.Task[None]] = set()
         self._freed = asyncio.Condition()
+        self._waiting = 0  # deliveries in `acquire`'s slow path
         self._next = 0
+
+    def _pick(self, session: aiohttp.ClientSession, anyone: bool = False) -> str | None:
+        """The least busy ready process with room (round-robin among equals), if any;
+        `anyone`: the least busy of all, ready or not."""
+        room = []
+        for url in self.urls:
+            if not self._ready[url].is_set():
+                self._probe(session, url)
+            elif not self.concurrency or self.busy[url] < self.concurrency:
+                room.append(url)
+        candidates = room or (list(self.urls) if anyone else [])
+        if not candidates:
+            return None
+        start = self._next % len(candidates)
+        self._next += 1
+        url = min(candidates[start:] + candidates[:start], key=self.busy.__getitem__)
+        self.busy[url] += 1
+        return url
 
     async def acquire(self, session: aiohttp.ClientSession, within: float) -> str:
         """A ready process with room (waiting up to `within` s for one; then any process)."""
-        deadline = time.monotonic() + within
-        async with self._freed:
-            while True:
-                ready = [url for url in self.urls if self._ready[url].is_set()]
-                for url in self.urls:
-                    if not self._ready[url].is_set():
-                        self._probe(session, url)
-                room = [u for u in ready if not self.concurrency or self.busy[u] < self.concurrency]
-                left = deadline - time.monotonic()
-                if room or left <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._freed.wait(), min(left, 0.1))
-            candidates = room or list(self.urls)
-            start = self._next % len(candidates)
-            self._next += 1
-            order = candidates[start:] + candidates[:start]
-            url = min(order, key=lambda u: self.busy[u])
-            self.busy[url] += 1
+        url = self._pick(session)  # the common case: no lock, no wait
+        if url is not None:
             return url
+        deadline = time.monotonic() + within
+        self._waiting += 1
+        try:
+            async with self._freed:
+                while (left := deadline - time.monotonic()) > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._freed.wait(), min(left, 0.1))
+                    url = self._pick(session)
+                    if url is not None:
+                        return url
+        finally:
+            self._waiting -= 1
+        url = self._pick(session, anyone=True)
+        assert url is not None
+        return url
 
     async def release(self, url: str, reachable: bool) -> None:
         self.busy[url] -= 1
         if not reachable:  # restarting, say: wait for its /health again
             self._ready[url].clear()
-        async with self._freed:
-            self._freed.notify_all()
+        if self._waiting:
+            async with self._freed:
+                self._freed.notify_all()
 
     def _probe(self, session: aiohttp.ClientSession, url: str) -> None:
         if url in self._probing:
@@ -158,7 +177,7 @@ class Processes:
 class Attempt:
     status: int | None  # None: no HTTP answer (connection error, timeout)
     body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # case-insensitive from aiohttp
     error: str = ""
     timed_out: bool = False
     reply: CloudEvent | None = None
@@ -174,8 +193,25 @@ class Attempt:
         return self.status is None or retryable_status(self.status)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+@dataclass(frozen=True)
+class _Meters:
+    """One trigger's metric children, looked up once (`labels()` costs a lock and a dict)."""
+
+    ok: Counter
+    retry: Counter
+    latency: Histogram
+
+    @classmethod
+    def of(cls, trigger: str) -> _Meters:
+        return cls(
+            DELIVERIES.labels(trigger, "ok"),
+            DELIVERIES.labels(trigger, "retry"),
+            LATENCY.labels(trigger),
+        )
 
 
 class _SubjectLocks:
@@ -229,12 +265,25 @@ class Broker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._ordered = _SubjectLocks()
         self._processes: dict[str, Processes] = {}  # per function
+        self._meters = {route.trigger.name: _Meters.of(route.trigger.name) for route in self.table}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        # Matching depends only on the attributes the filters name: remember it per their values
+        # (the type, source, subject... of a stream of events repeat; the id does not).
+        self._filtered = sorted({n for route in self.table for n in _names(route.trigger.filters)})
+        self._matches: dict[tuple[str | None, ...], list[Route]] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # created inside the running loop
             connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # No cookie jar and no decompression: a broker carries neither, and both cost
+            # every request a pass over its headers.
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                skip_auto_headers=("Accept-Encoding",),
+            )
         return self._session
 
     async def close(self) -> None:
@@ -274,12 +323,16 @@ class Broker:
             log.info("dropping an event without TTL left", extra={"event_id": event["id"]})
             return 0
         attributes = event.get_attributes()
-        matched = [route for route in self.table if route.trigger.matches(attributes)]
+        matched = self._matching(attributes)
         if not matched:
             log.info("no trigger matches", extra={"event_id": event["id"], "type": event["type"]})
             return 0
-        # serialised once, sent to every matching trigger
-        wire = cehttp.encode(self.rules.for_subscriber(event))
+        # serialised once, sent to every matching trigger; a binary-mode body as it came
+        data = event.get_data()
+        if data is None or isinstance(data, bytes):
+            wire = cehttp.encode_attributes(self.rules.subscriber_attributes(attributes), data)
+        else:  # structured mode: the SDK serialises the parsed data
+            wire = cehttp.encode(self.rules.for_subscriber(event))
         seq, recorded = None, None
         if self.journal is not None:
             seq, recorded = self.journal.append(wire, [route.trigger.name for route in matched])
@@ -288,6 +341,17 @@ class Broker:
         if recorded is not None:
             await recorded
         return len(matched)
+
+    def _matching(self, attributes: Mapping[str, Any]) -> list[Route]:
+        """The routes whose trigger's filters match `attributes`."""
+        key = tuple(None if (v := attributes.get(n)) is None else str(v) for n in self._filtered)
+        found = self._matches.get(key)
+        if found is None:
+            if len(self._matches) >= MATCH_CACHE:
+                self._matches.clear()
+            found = [route for route in self.table if route.trigger.matches(attributes)]
+            self._matches[key] = found
+        return found
 
     def _start(self, route: Route, event: CloudEvent, wire: Wire, seq: int | None) -> None:
         delivery = self._deliver(route, event, wire, time.perf_counter(), seq)
@@ -315,7 +379,8 @@ class Broker:
         """Deliver with retries, then dead-letter; False if even the dead-letter sink could not
         take it (the event then stays in the journal for the next start)."""
         name = route.trigger.name
-        first_attempt = _now()
+        meters = self._meters[name]
+        first_attempt = time.time()
         timeout = route.delivery.timeout_seconds
         result = self._judged(await self._post(route, wire, timeout))
         attempts = 1
@@ -328,7 +393,7 @@ class Broker:
                 nonlocal attempts
                 if made:
                     return made.pop()
-                DELIVERIES.labels(name, "retry").inc()
+                meters.retry.inc()
                 attempts += 1
                 return self._judged(await self._post(route, wire, timeout))
 
@@ -339,9 +404,9 @@ class Broker:
                 retry=tenacity.retry_if_result(lambda a: not a.ok and a.retryable),
                 retry_error_callback=lambda state: state.outcome.result(),  # type: ignore[union-attr]
             )(attempt)
-        LATENCY.labels(name).observe(time.perf_counter() - received)
+        meters.latency.observe(time.perf_counter() - received)
         if result.ok:
-            DELIVERIES.labels(name, "ok").inc()
+            meters.ok.inc()
             if result.reply is not None:
                 # recorded before the original counts as done
                 await self.ingest(self.rules.reply_to(result.reply, event))
@@ -374,17 +439,20 @@ class Broker:
 
     async def _send(self, url: str, wire: Wire, timeout: float) -> Attempt:
         headers, body = wire
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(total=timeout)
         try:
             async with self.session.post(
                 url,
                 data=body,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=client_timeout,
                 # aiohttp would label a body without a content type octet-stream, which binary
                 # mode reads as the event's datacontenttype.
                 skip_auto_headers=() if "content-type" in headers else ("Content-Type",),
             ) as response:
-                return Attempt(response.status, await response.read(), dict(response.headers))
+                return Attempt(response.status, await response.read(), response.headers)
         except TimeoutError as exc:
             return Attempt(status=None, error=f"timeout: {exc}", timed_out=True)
         except aiohttp.ClientError as exc:
@@ -404,7 +472,7 @@ class Broker:
         return result
 
     async def _dead_letter(
-        self, route: Route, event: CloudEvent, result: Attempt, attempts: int, first: str
+        self, route: Route, event: CloudEvent, result: Attempt, attempts: int, first: float
     ) -> bool:
         bare = result.invalid_reply or (result.timed_out and self.rules.mt)
         attributes = {
@@ -414,8 +482,8 @@ class Broker:
             ),
             "objectflowattempts": str(attempts),
             "objectflowtrigger": route.trigger.name,
-            "objectflowfirstattempt": first,
-            "objectflowlastattempt": _now(),
+            "objectflowfirstattempt": _iso(first),
+            "objectflowlastattempt": _iso(time.time()),
         }
         letter = cehttp.encode(CloudEvent(attributes, event.get_data()))
         # Knative delivers to the dead-letter sink with the trigger's own retry policy.
@@ -507,6 +575,15 @@ class Broker:
         return web.json_response([describe(route) for route in self.table])
 
 
+def _names(filters: Iterable[wiring.Filter]) -> set[str]:
+    """The CloudEvent attributes `filters` look at (nested ones included)."""
+    names: set[str] = set()
+    for f in filters:
+        names |= {*(f.exact or {}), *(f.prefix or {}), *(f.suffix or {})}
+        names |= _names([*(f.all or []), *(f.any or []), *([f.not_] if f.not_ else [])])
+    return names
+
+
 def describe(route: Route) -> dict[str, Any]:
     """A route as plain data (GET /routes; compared with the chart by the parity test)."""
     return {
@@ -539,6 +616,8 @@ class InvalidReply(Exception):
 
 def _reply(result: Attempt) -> CloudEvent | None:
     """The reply CloudEvent in a 2xx response; None for an empty body (a plain ack)."""
+    if not result.body and not any(k.lower() == "ce-specversion" for k in result.headers):
+        return None  # a plain ack, the common case
     headers = {k.lower(): v for k, v in result.headers.items()}
     if "ce-specversion" not in headers and "cloudevents" not in headers.get("content-type", ""):
         if result.body:

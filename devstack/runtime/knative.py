@@ -10,8 +10,10 @@ at knative/eventing `knative-v1.16.3` (MT) and eventing-kafka-broker `knative-v1
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from cloudevents.http import CloudEvent
 
@@ -62,8 +64,13 @@ class Rules:
         """MT's filter removes the TTL before it delivers: subscribers never see it."""
         if not self.mt or event.get(TTL) is None:
             return event
-        attributes = {k: v for k, v in event.get_attributes().items() if k != TTL}
-        return CloudEvent(attributes, event.get_data())
+        return CloudEvent(self.subscriber_attributes(event.get_attributes()), event.get_data())
+
+    def subscriber_attributes(self, attributes: Mapping[str, Any]) -> Mapping[str, Any]:
+        """`for_subscriber` on the attributes alone (the broker's hot path)."""
+        if not self.mt or TTL not in attributes:
+            return attributes
+        return {k: v for k, v in attributes.items() if k != TTL}
 
     def reply_to(self, reply: CloudEvent, cause: CloudEvent) -> CloudEvent:
         """A reply uses one hop of its cause's TTL."""

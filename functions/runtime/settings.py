@@ -3,26 +3,72 @@
 Each settings class is built on first use by a cached factory (never at import time), so a
 function only validates the settings of the backends it actually uses. Validation failures
 become a `SettingsError` naming the environment variable.
+
+The runtime's own classes read the environment through `EnvSettings`, a plain pydantic model:
+importing pydantic-settings costs a cold start about 0.15 s (its sources import cloud SDK hooks
+and argparse), and these classes only need prefixed, case-insensitive names and aliases. A
+domain's settings may still be pydantic-settings classes; `load` and `cached` take both.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, TypeVar
+import os
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import quote, urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from functions.runtime.errors import SettingsError
 
-S = TypeVar("S", bound=BaseSettings)
+S = TypeVar("S", bound=BaseModel)
 
 
-class PostgresSettings(BaseSettings):
+class EnvSettings(BaseModel):
+    """Fields read from the environment as pydantic-settings' BaseSettings reads them here:
+    `env_prefix` + the field's name, or its validation alias(es), case-insensitively; other
+    variables are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    env_prefix: ClassVar[str] = ""
+
+    def __init__(self, **values: Any) -> None:
+        environ = {name.lower(): value for name, value in os.environ.items()}
+        found = {
+            key: environ[variable.lower()]
+            for name, info in type(self).model_fields.items()
+            for variable, key in _variables(type(self), name, info.validation_alias)
+            if variable.lower() in environ
+        }
+        super().__init__(**{**found, **values})
+
+
+def _variables(cls: type[BaseModel], name: str, alias: object) -> list[tuple[str, str]]:
+    """(environment variable, input key) pairs of field `name`: its alias choices as they are
+    (pydantic takes the first one present), else the prefixed name for the field's own name."""
+    if isinstance(alias, AliasChoices):
+        return [(str(choice), str(choice)) for choice in alias.choices]
+    if alias:
+        return [(str(alias), str(alias))]
+    return [(f"{_prefix(cls)}{name}", name)]
+
+
+def _prefix(cls: type[BaseModel]) -> str:
+    return getattr(cls, "env_prefix", "") or str(cls.model_config.get("env_prefix", ""))
+
+
+class PostgresSettings(EnvSettings):
     """`DATABASE_URL` (ingestion service) wins over the `DB_*` parts (watcher service)."""
 
-    model_config = SettingsConfigDict(env_prefix="DB_", extra="ignore")
+    env_prefix = "DB_"
 
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
     host: str = "localhost"
@@ -57,8 +103,8 @@ class PostgresSettings(BaseSettings):
         )
 
 
-class RedisSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="REDIS_", extra="ignore")
+class RedisSettings(EnvSettings):
+    env_prefix = "REDIS_"
 
     host: str = "localhost"
     port: int = Field(default=6379, gt=0, lt=65536)
@@ -66,10 +112,10 @@ class RedisSettings(BaseSettings):
     password: SecretStr | None = None
 
 
-class MinioSettings(BaseSettings):
+class MinioSettings(EnvSettings):
     """`MINIO_ACCESS_KEY`/`MINIO_SECRET_KEY` take precedence over the root credentials."""
 
-    model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
+    env_prefix = "MINIO_"
 
     endpoint: str = "http://localhost:9000"
     access_key: str = Field(validation_alias=AliasChoices("MINIO_ACCESS_KEY", "MINIO_ROOT_USER"))
@@ -85,8 +131,8 @@ class MinioSettings(BaseSettings):
         return self
 
 
-class RabbitSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RABBITMQ_", extra="ignore")
+class RabbitSettings(EnvSettings):
+    env_prefix = "RABBITMQ_"
 
     host: str = "localhost"
     port: int = Field(default=5672, gt=0, lt=65536)
@@ -96,8 +142,8 @@ class RabbitSettings(BaseSettings):
     exchange: str = "thermo_exchange"
 
 
-class MqttSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MQTT_", extra="ignore")
+class MqttSettings(EnvSettings):
+    env_prefix = "MQTT_"
 
     broker_url: str = "mqtt://localhost:1883"
     user: str | None = None
@@ -124,8 +170,8 @@ class MqttSettings(BaseSettings):
         return urlsplit(self.broker_url).scheme == "mqtts"
 
 
-class KafkaSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+class KafkaSettings(EnvSettings):
+    env_prefix = "KAFKA_"
 
     bootstrap_servers: str = "localhost:9092"
     client_id: str = "objectflow"
@@ -135,8 +181,8 @@ class KafkaSettings(BaseSettings):
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 
 
-class MongoSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MONGODB_", extra="ignore")
+class MongoSettings(EnvSettings):
+    env_prefix = "MONGODB_"
 
     uri: SecretStr = SecretStr("mongodb://localhost:27017/runner_db")
     database: str | None = None
@@ -148,10 +194,10 @@ class MongoSettings(BaseSettings):
         )
 
 
-class RuntimeSettings(BaseSettings):
+class RuntimeSettings(EnvSettings):
     """How the adapter behaves: retry budget, size limits, idempotency window, logs."""
 
-    model_config = SettingsConfigDict(env_prefix="OBJECTFLOW_", extra="ignore")
+    env_prefix = "OBJECTFLOW_"
 
     retry_attempts: int = Field(default=3, ge=1, le=20)
     retry_base_delay: float = Field(default=0.1, gt=0)
@@ -163,9 +209,9 @@ class RuntimeSettings(BaseSettings):
     log_level: str = "INFO"
 
 
-def env_name(cls: type[BaseSettings], loc: str) -> str:
+def env_name(cls: type[BaseModel], loc: str) -> str:
     """The environment variable(s) behind a validation error's location, for messages."""
-    prefix = str(cls.model_config.get("env_prefix", ""))
+    prefix = _prefix(cls)
     for name, info in cls.model_fields.items():
         alias = info.validation_alias
         choices = alias.choices if isinstance(alias, AliasChoices) else [alias] if alias else []
