@@ -13,6 +13,6 @@ OPTIONS = {  # --set NAME=VALUE of `objectflow bench`: (default, help)
     "rate": (1000.0, "jobs per second offered in the open-loop measurement"),
     "devices": (1000, "distinct devices (record keys) the rows are spread over"),
     "drain_s": (20.0, "how long the batch-of-10 worker may drain before it is stopped"),
-    "writers": (4, "writer connections for the open-loop load"),
+    "writers": (4, "writer processes for the open-loop load"),
     "profile": (False, "run the relay under pyinstrument (bench/out/outbox-relay-profile.txt)"),
 }

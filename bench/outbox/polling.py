@@ -1,6 +1,7 @@
 """The outbox worker of source document 002, as it describes it: every second it reads the next
 10 unsent rows and, one row at a time, sends it to Kafka, flushes the producer (waits for the
-acknowledgement) and marks the row sent.
+acknowledgement) and marks the row sent; a row Kafka did not acknowledge ends the batch and is
+tried again at the next poll.
 
 `eager` keeps the batch of 10 and the per-row flush but polls again at once while batches come
 back full: the most this design gets out of a backlog.
@@ -42,13 +43,15 @@ def run(
                 for row in rows:
                     if stop.is_set():
                         break
-                    producer.send(
+                    future = producer.send(
                         topic,
                         key=row.partition_key.encode(),
                         value=row.value(),
                         headers=headers(row, source),
                     )
                     producer.flush()
+                    if future.failed():  # not acknowledged: left unsent for the next poll
+                        break
                     cur.execute(
                         "UPDATE ota.event_outbox SET sent_at = now() WHERE id = %s", (row.id,)
                     )
