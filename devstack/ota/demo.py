@@ -53,7 +53,9 @@ def run(env: dict[str, str], console: Console) -> bool:
         for job in answer.get("jobs", [answer]):
             jobs[job["id"]] = f"{label} ({job['device_id']}, due {job['due_at']})"
     seen: dict[str, list[str]] = {job_id: [] for job_id in jobs}
-    deadline = time.monotonic() + 90
+    # the timed job is made ready by ota-scheduler-tick (every minute): up to 20 s + 60 s, plus
+    # headroom for a busy machine
+    deadline = time.monotonic() + 150
     ready = {j for j, label in jobs.items() if not label.startswith("cron")}
     while time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():

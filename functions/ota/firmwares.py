@@ -18,7 +18,7 @@ from typing import IO, TYPE_CHECKING, Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from functions.ota.jobs import iso
-from functions.runtime.errors import BadRequest, ObjectflowError, PayloadTooLarge
+from functions.runtime.errors import BadRequest, Conflict, PayloadTooLarge
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -27,8 +27,9 @@ VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
 COLUMNS = "version, size, sha256, object_key, created_at"
 
 
-class FirmwareConflict(ObjectflowError):
-    status = 409
+class FirmwareConflict(Conflict):
+    """The version exists with other bytes."""
+
     code = "firmware-conflict"
 
 

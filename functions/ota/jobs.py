@@ -24,7 +24,7 @@ from psycopg2.extras import Json
 
 from functions.ota import outbox
 from functions.ota.events import JobEvent, Schedule
-from functions.runtime.errors import BadRequest, InvalidData, NotFound, ObjectflowError
+from functions.runtime.errors import BadRequest, Conflict, InvalidData, NotFound, ObjectflowError
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
@@ -58,10 +58,9 @@ class PreconditionRequired(ObjectflowError):
     code = "precondition-required"
 
 
-class JobConflict(ObjectflowError):
+class JobConflict(Conflict):
     """The job's state does not allow the change (finished, cancelled, already dispatched)."""
 
-    status = 409
     code = "job-conflict"
 
 

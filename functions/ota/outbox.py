@@ -71,21 +71,31 @@ def ready_rows(cur: Cursor, lanes: list[int], lane_count: int, limit: int) -> li
 
     A device with a row waiting for its retry (next_attempt_at in the future) contributes
     nothing: its later rows wait behind that one.
+
+    Shaped so a backlog costs `limit` rows a read, not every pending row (bench/README.md,
+    "OTA outbox relay"): the rows come from the (txid, id) index, stopping at `limit`, and the
+    devices waiting for a retry from the small retry index. A relay holding every lane (one
+    replica) filters no lanes, since the lane filter's guessed selectivity makes PostgreSQL sort
+    the whole backlog instead.
     """
+    lane_filter = (
+        ""
+        if len(lanes) >= lane_count
+        else "AND abs(hashtext(partition_key)) %% %(lane_count)s = ANY(%(lanes)s)"
+    )
     cur.execute(
-        """
-        WITH pending AS (
-            SELECT * FROM ota.event_outbox
-            WHERE sent_at IS NULL AND dead_at IS NULL
-              AND txid < pg_snapshot_xmin(pg_current_snapshot())
-              AND abs(hashtext(partition_key)) %% %(lane_count)s = ANY(%(lanes)s)
-        )
+        f"""
         SELECT id, event_id::text, aggregate_id, partition_key, event_type, payload, attempts,
                created_at
-        FROM pending
-        WHERE partition_key NOT IN (
-            SELECT partition_key FROM pending WHERE next_attempt_at > now()
-        )
+        FROM ota.event_outbox
+        WHERE sent_at IS NULL AND dead_at IS NULL
+          AND txid < pg_snapshot_xmin(pg_current_snapshot())
+          {lane_filter}
+          AND partition_key NOT IN (
+              SELECT partition_key FROM ota.event_outbox
+              WHERE sent_at IS NULL AND dead_at IS NULL AND attempts > 0
+                AND next_attempt_at > now()
+          )
         ORDER BY txid, id
         LIMIT %(limit)s
         """,

@@ -85,6 +85,13 @@ class NotFound(ObjectflowError):
     code = "not-found"
 
 
+class Conflict(ObjectflowError):
+    """The request conflicts with the current state of what it names (subclasses name the kind)."""
+
+    status = 409
+    code = "conflict"
+
+
 class DependencyUnavailable(ObjectflowError):
     """A backing service did not answer within the retry budget; the broker should retry."""
 
