@@ -8,8 +8,12 @@ adds its own folder; nothing here changes.
 from __future__ import annotations
 
 import importlib
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,3 +36,15 @@ def run(env: dict[str, str], console: Any, only: list[str] | None = None) -> boo
     for module in sorted(modules, key=lambda m: getattr(m, "ORDER", 100)):
         ok &= bool(module.run(env, console))  # every demo runs, even after one failed
     return ok
+
+
+def wait(what: Callable[[], T], timeout: float = 30.0) -> T | None:
+    """Poll `what` until it returns something truthy; None after `timeout` s (a demo reports a
+    step it did not see; it does not raise)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.1)
+    return None

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from devstack import wiring
 from devstack.camera import sim as camera_sim
+from devstack.demo import wait
 from functions.runtime import clients, settings
 
 CHUNKS = 8
@@ -39,16 +40,6 @@ def thermal_png() -> bytes:
     buffer = io.BytesIO()
     pyplot.imsave(buffer, heat, cmap="inferno", format="png")
     return buffer.getvalue()
-
-
-def _wait(what: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.1)
-    return None
 
 
 def run(env: dict[str, str], console: Console) -> bool:
@@ -87,7 +78,7 @@ def run(env: dict[str, str], console: Console) -> bool:
         True,
         lambda _: f"{CHUNKS} messages on {camera_sim.topic(camera)} (no image_id: camera session)",
     )
-    key = _wait(lambda: _object_key(env, camera))
+    key = wait(lambda: _object_key(env, camera))
     stored = (
         clients.s3.client().get_object(Bucket=env["MINIO_RAW_BUCKET"], Key=key) if key else None
     )
@@ -102,10 +93,10 @@ def run(env: dict[str, str], console: Console) -> bool:
         )
         and same
     )
-    device = _wait(lambda: _query(env, "SELECT id, device_uid, created_at FROM thermo.devices "
+    device = wait(lambda: _query(env, "SELECT id, device_uid, created_at FROM thermo.devices "
                                   "WHERE device_uid = %s", camera))  # fmt: skip
     ok &= step("device row", device, lambda d: f"thermo.devices id={d[0]} device_uid={d[1]}")
-    row = _wait(lambda: _query(env, "SELECT id, image_id, status, checksum, size FROM "
+    row = wait(lambda: _query(env, "SELECT id, image_id, status, checksum, size FROM "
                                "thermo.image_objects WHERE object_key = %s", key))  # fmt: skip
     ok &= step(
         "image row",
@@ -113,7 +104,7 @@ def run(env: dict[str, str], console: Console) -> bool:
         lambda r: f"thermo.image_objects id={r[0]} image_id={r[1]} status={r[2]} size={r[4]}",
     )
     ok &= bool(row) and row[3] == _sha(image)
-    message = _wait(lambda: _message(channel, key))
+    message = wait(lambda: _message(channel, key))
     ok &= step(
         "RabbitMQ message",
         message,

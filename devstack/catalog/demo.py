@@ -14,7 +14,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack import wiring
+from devstack.demo import wait
 from functions.runtime import clients, settings
 
 ORDER = 30  # after camera
@@ -38,16 +38,6 @@ def pictures() -> tuple[bytes, bytes]:
     pyplot.imsave(png, np.sin(6 * x) * np.cos(4 * y), cmap="viridis", format="png")
     pyplot.imsave(jpg, x * y, cmap="magma", format="jpeg")
     return png.getvalue(), jpg.getvalue()
-
-
-def _wait(what: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = what()
-        if found:
-            return found
-        time.sleep(0.1)
-    return None
 
 
 def run(env: dict[str, str], console: Console) -> bool:
@@ -88,7 +78,7 @@ def run(env: dict[str, str], console: Console) -> bool:
     producer.send(
         "product.created", key=product.encode(), value=json.dumps({"productId": product}).encode()
     ).get(30)
-    recorded = _wait(lambda: row("SELECT created_at FROM catalog.products WHERE product_id = %s"))
+    recorded = wait(lambda: row("SELECT created_at FROM catalog.products WHERE product_id = %s"))
     step(
         "Kafka product.created", bool(recorded), "catalog.products row" if recorded else "not seen"
     )
@@ -132,7 +122,7 @@ def run(env: dict[str, str], console: Console) -> bool:
     if first.status_code == 201:
         key = first.json()["key"]
         gone = requests.delete(f"{api}/images/{first.json()['image_id']}", timeout=10)
-        deleted = _wait(lambda: _missing(bucket, key))
+        deleted = wait(lambda: _missing(bucket, key))
         fate = "deleted by catalog-image-delete" if deleted else "still there"
         step(
             "DELETE image", gone.status_code == 202 and bool(deleted), f"{gone.status_code}; {fate}"
@@ -142,7 +132,7 @@ def run(env: dict[str, str], console: Console) -> bool:
         "product.deleted", key=product.encode(), value=json.dumps({"productId": product}).encode()
     ).get(30)
     producer.close()
-    cleared = _wait(
+    cleared = wait(
         lambda: (
             not row("SELECT 1 FROM catalog.images WHERE product_id = %s")
             and _listing(bucket, product) == []
