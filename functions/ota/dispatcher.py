@@ -145,31 +145,18 @@ def channel() -> Channel:
 def dispatch(event: JobEvent) -> jobs.Job | None:
     """Send the command of the job `event` made ready; the dispatched job, or None if the
     event is stale (nothing published)."""
-
-    def load(cur: Any) -> tuple[jobs.Job | None, firmwares.Firmware | None]:
-        job = jobs.get(cur, event.job_id)
-        return job, firmwares.find(cur, job.firmware_version) if job else None
-
-    job, firmware = clients.postgres.transaction(load)
-    if job is None:
-        raise InvalidData(f"unknown job {event.job_id}", field="job_id")
-    if job.device_id != event.device_id:
-        raise InvalidData(
-            f"job {job.id} belongs to device {job.device_id!r}, not {event.device_id!r}",
-            field="device_id",
-        )
-    if job.status != "ready" or job.version != event.version:
-        log.info(
-            "stale ready_to_execute: nothing sent",
-            extra={"job_id": job.id, "status": job.status, "version": job.version},
-        )
+    job, firmware = clients.postgres.transaction(lambda cur: _load(cur, event))
+    if not _still_ready(job, event):
         return None
-    assert firmware is not None  # a foreign key of the job
     take_rate_token()
     claim = f"ota:dispatching:{job.id}:{job.version}"
     if not clients.redis.call(lambda r: r.set(claim, 1, nx=True, ex=CLAIM_S)):
         raise InFlight(f"job {job.id} is being dispatched by another delivery")
     try:
+        # Read again under the claim: a delivery that held it before may have dispatched it.
+        job, firmware = clients.postgres.transaction(lambda cur: _load(cur, event))
+        if not _still_ready(job, event):
+            return None
         cmd = command.build(job, firmware)
         channel().send(command.topic(job.device_id), cmd.payload())
         done = clients.postgres.transaction(
@@ -180,6 +167,30 @@ def dispatch(event: JobEvent) -> jobs.Job | None:
     if done is None:
         log.warning("job changed while its command was sent", extra={"job_id": job.id})
     return done
+
+
+def _load(cur: Any, event: JobEvent) -> tuple[jobs.Job, firmwares.Firmware]:
+    job = jobs.get(cur, event.job_id)
+    if job is None:
+        raise InvalidData(f"unknown job {event.job_id}", field="job_id")
+    if job.device_id != event.device_id:
+        raise InvalidData(
+            f"job {job.id} belongs to device {job.device_id!r}, not {event.device_id!r}",
+            field="device_id",
+        )
+    firmware = firmwares.find(cur, job.firmware_version)
+    assert firmware is not None  # a foreign key of the job
+    return job, firmware
+
+
+def _still_ready(job: jobs.Job, event: JobEvent) -> bool:
+    if job.status == "ready" and job.version == event.version:
+        return True
+    log.info(
+        "stale ready_to_execute: nothing sent",
+        extra={"job_id": job.id, "status": job.status, "version": job.version},
+    )
+    return False
 
 
 def _release(claim: str) -> None:
