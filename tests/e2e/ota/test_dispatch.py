@@ -116,14 +116,14 @@ def test_the_breaker_opens_while_mosquitto_is_down_and_every_command_arrives_aft
     finally:
         start_stack()
     try:
+
+        def all_dispatched() -> list[dict[str, Any]] | None:
+            found = [job(ota_api, m["id"]) for m in made]
+            return found if all(j["status"] == "dispatched" for j in found) else None
+
         dispatched = wait_for(
-            lambda: all(
-                (j := job(ota_api, m["id"]))["status"] == "dispatched" for m in made
-            ) and [job(ota_api, m["id"]) for m in made],
-            timeout=180,
-            interval=1,
-            what="every job dispatched after Mosquitto returned",
-        )  # fmt: skip
+            all_dispatched, timeout=180, interval=1, what="every job dispatched after Mosquitto"
+        )
         for device, found in zip(fleet, dispatched, strict=True):
             wait_for(lambda d=device: commands.of(d), timeout=60, what=f"the command of {device}")
             assert {c["message_id"] for c in commands.of(device)} == {found["message_id"]}
