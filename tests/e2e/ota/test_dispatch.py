@@ -129,3 +129,29 @@ def test_the_breaker_opens_while_mosquitto_is_down_and_every_command_arrives_aft
             assert {c["message_id"] for c in commands.of(device)} == {found["message_id"]}
     finally:
         commands.close()
+
+
+def test_a_mass_update_goes_out_at_the_dispatch_rate(
+    mqtt_env: None, ota_api: str, firmware: str, devices: Callable[..., list[str]]
+) -> None:
+    fleet = devices(500)
+    commands = Commands(fleet)
+    try:
+        response = requests.post(
+            f"{ota_api}/jobs", timeout=60, json={"device_ids": fleet, "firmware_version": firmware}
+        )
+        assert response.status_code == 201, response.text
+        wait_for(
+            lambda: len({c["device_id"] for d in fleet for c in commands.of(d)}) == 500,
+            timeout=180,
+            interval=1,
+            what="500 commands",
+        )
+        times = sorted(commands.times())
+        # OTA_DISPATCH_RATE=50 (the default): 500 commands take at least 9 s after the first,
+        # and no second holds more than the rate (a little slack for delivery jitter).
+        assert times[-1] - times[0] >= 9.0
+        busiest = max(sum(1 for t in times[i:] if t - start < 1.0) for i, start in enumerate(times))
+        assert busiest <= 55, f"{busiest} commands within one second"
+    finally:
+        commands.close()
