@@ -49,7 +49,7 @@ def test_a_job_created_over_the_api_is_dispatched_and_its_command_arrives(
     events = JobEvents(stack_env)
     try:
         made = create(ota_api, device, firmware)
-        (cmd,) = wait_for(lambda: commands.of(device), timeout=60, what="the command on MQTT")
+        (cmd,) = wait_for(lambda: commands.of(device), timeout=120, what="the command on MQTT")
         found = wait_for(
             lambda: (j := job(ota_api, made["id"]))["status"] == "dispatched" and j,
             timeout=30,
