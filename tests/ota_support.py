@@ -131,6 +131,7 @@ class Commands:
         self.client = mqtt.connect(
             self.client_id, clean_start=not persistent, on_message=on_message
         )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)  # back soon after an outage
         acked: set[int] = set()
         self.client.on_subscribe = lambda _c, _u, mid, _codes, _p: acked.add(mid)
         mids = {self.client.subscribe(f"commands/{d}/ota", qos=1)[1] for d in devices}
