@@ -105,3 +105,93 @@ class JobEvents:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+class Commands:
+    """An authenticated MQTT subscriber of `commands/<device>/ota` for the given devices,
+    recording each command with its arrival time (time.monotonic()).
+
+    `persistent`: a named session that outlives a broker restart (Mosquitto keeps it), so
+    commands published while this client is cut off still arrive."""
+
+    def __init__(self, devices: Iterable[str], *, persistent: bool = False) -> None:
+        import threading
+        import time
+
+        from functions.runtime.clients import mqtt
+
+        self.received: list[tuple[float, str, dict[str, Any]]] = []
+        self._lock = threading.Lock()
+
+        def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+            with self._lock:
+                self.received.append((time.monotonic(), message.topic, json.loads(message.payload)))
+
+        self.client_id = unique("ota-test") if persistent else ""
+        self.client = mqtt.connect(
+            self.client_id, clean_start=not persistent, on_message=on_message
+        )
+        self.client.reconnect_delay_set(min_delay=1, max_delay=5)  # back soon after an outage
+        acked: set[int] = set()
+        self.client.on_subscribe = lambda _c, _u, mid, _codes, _p: acked.add(mid)
+        mids = {self.client.subscribe(f"commands/{d}/ota", qos=1)[1] for d in devices}
+        wait_for(lambda: mids <= acked, timeout=10, what="SUBACK of the command topics")
+
+    def of(self, device_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [c for _t, topic, c in self.received if topic == f"commands/{device_id}/ota"]
+
+    def times(self) -> list[float]:
+        with self._lock:
+            return [t for t, _topic, _c in self.received]
+
+    def settle(self, device_id: str) -> None:
+        """Wait until a marker this test publishes after the fact has arrived on the device's
+        topic: any command published before it (the broker acknowledged it) arrived first."""
+        from functions.runtime.clients import mqtt
+
+        marker = unique("marker")
+        mqtt.Publisher(self.client).publish(
+            f"commands/{device_id}/ota", json.dumps({"marker": marker}).encode()
+        )
+        wait_for(lambda: {"marker": marker} in self.of(device_id), what=f"marker on {device_id}")
+        with self._lock:
+            self.received = [r for r in self.received if r[2] != {"marker": marker}]
+
+    def close(self) -> None:
+        from functions.runtime.clients import mqtt
+
+        self.client.loop_stop()
+        self.client.disconnect()
+        if self.client_id:  # end the persistent session on the broker too
+            mqtt.connect(self.client_id, clean_start=True).disconnect()
+
+
+def ready_event(job: dict[str, Any]) -> dict[str, Any]:
+    """The job.ready_to_execute record value of `job` (an ota-api job) at its version."""
+    return {
+        "event_id": str(uuid.uuid4()),
+        "type": "job.ready_to_execute",
+        "job_id": job["id"],
+        "device_id": job["device_id"],
+        "firmware_version": job["firmware_version"],
+        "status": job["status"],
+        "version": job["version"],
+        "schedule": job["schedule"],
+        "occurred_at": job["updated_at"],
+    }
+
+
+def post_event(client: Any, data: dict[str, Any], ce_type: str | None = None) -> Any:
+    """POST `data` as the binary CloudEvent the Kafka source makes of a job.events record."""
+    from cloudevents.conversion import to_binary
+    from cloudevents.http import CloudEvent
+
+    attributes = {
+        "type": ce_type or f"objectflow.ota.{data['type']}.v1",
+        "source": "/objectflow/ota",
+        "id": str(uuid.uuid4()),
+        "subject": data.get("job_id"),
+    }
+    headers, body = to_binary(CloudEvent(attributes, data))
+    return client.post("/", headers=headers, data=body)

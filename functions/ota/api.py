@@ -15,7 +15,7 @@ relay publishes the outbox (nothing is published from a request). Versions trave
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Body, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -36,9 +36,6 @@ from functions.runtime import (
 
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # free text: no control characters
-STATUSES = Literal[
-    "scheduled", "ready", "dispatched", "in_progress", "completed", "failed", "cancelled"
-]
 Version = Annotated[str, Path(pattern=firmwares.VERSION, description="Firmware version")]
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID)]
 
@@ -126,13 +123,16 @@ class JobOut(BaseModel):
     id: str
     device_id: str
     firmware_version: str
-    status: STATUSES
+    status: jobs.Status
     status_reason: str | None
     version: int = Field(description="For If-Match; also the ETag")
     schedule: Schedule
     due_at: datetime
     created_at: datetime
     updated_at: datetime
+    message_id: str | None = Field(description="The command last sent to the device (MQTT)")
+    retries: int = Field(description="Re-dispatches after a silent deadline (ota-deadlines)")
+    deadline_at: datetime | None = Field(description="When a silent job is overdue")
 
 
 class JobList(BaseModel):
@@ -298,7 +298,7 @@ def create_jobs(body: JobCreate) -> JSONResponse:
 
 @api.get("/jobs", response_model=JobList)
 def list_jobs(
-    status: STATUSES | None = None,
+    status: jobs.Status | None = None,
     device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,

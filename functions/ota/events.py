@@ -19,6 +19,7 @@ JobEventKind = Literal[
     "job.created", "job.updated", "job.cancelled", "job.ready_to_execute", "job.completed"
 ]
 KINDS: tuple[str, ...] = JobEventKind.__args__  # type: ignore[attr-defined]
+Outcome = Literal["done", "error", "timed_out"]  # of job.completed
 
 
 def cloudevent_type(kind: str) -> str:
@@ -49,11 +50,19 @@ class JobEvent(EventData):
     occurred_at: datetime
     status_reason: str | None = None
     changes: dict[str, Any] = Field(default={}, description="For job.updated: the new values")
+    outcome: Outcome | None = Field(
+        default=None, description="For job.completed: how the job ended"
+    )
 
 
 class SchedulerTicked(EventData):
     readied: int = Field(ge=0, description="Due jobs made ready in this tick")
     cache_rebuilt: bool = Field(description="The Redis due-time cache was rebuilt from PostgreSQL")
+
+
+class DeadlinesChecked(EventData):
+    redispatched: int = Field(ge=0, description="Silent jobs made ready again for a new command")
+    timed_out: int = Field(ge=0, description="Silent jobs out of retries, now timed_out")
 
 
 class OutboxPurged(EventData):
@@ -80,12 +89,18 @@ register(
     EventType(
         cloudevent_type("job.completed"),
         JobEvent,
-        "A job finished (status completed or failed); emitted by the status path (part 2).",
+        "A job finished: `outcome` done or error (the device said so) or timed_out (silent "
+        "past its deadline with no retry left).",
     ),
     EventType(
         "objectflow.ota.scheduler.ticked.v1",
         SchedulerTicked,
         "ota-scheduler finished a tick of the ota-scheduler-tick schedule.",
+    ),
+    EventType(
+        "objectflow.ota.deadlines.checked.v1",
+        DeadlinesChecked,
+        "ota-deadlines finished a tick of the ota-deadlines schedule.",
     ),
     EventType(
         "objectflow.ota.outbox.purged.v1",

@@ -1,14 +1,23 @@
 """Firmware jobs: their state machine and every change as job row + job_events + outbox row.
 
-    scheduled --(due: scheduler)--> ready --(dispatcher, part 2)--> dispatched --> in_progress
-        |  ^                          |                                               |
-        |  +--(PATCH reschedule)------+                                  completed | failed
+    scheduled --(due: scheduler)--> ready --(ota-dispatcher: command on MQTT)--> dispatched
+        ^  |                          ^  |                                         |
+        |  +--(PATCH reschedule)------+  +--(ota-deadlines: silent, retry left)----+
+        |                                   (also from downloading and flashing)   v
+        |            dispatched --> downloading --> flashing --> done | error (device statuses)
+        |            silent past its deadline, no retry left --> timed_out
         +--(POST cancel, from any state that is not final)--> cancelled
+
+TRANSITIONS below is the whole table: devices only move a job forward (a skipped status, say
+a dropped `downloading`, still lets `flashing` apply); only ota-deadlines moves one back, to
+ready, for a new command. dispatched, downloading and flashing carry a deadline
+(OTA_TIMEOUT_<STATE>), set by `move` on entering them.
 
 Each function here takes the caller's cursor, so a change, its history row and its outbox
 event commit together or not at all (functions.runtime.clients.postgres.transaction). Changes
 are guarded by the job's `version` (optimistic locking): the caller names the version it saw,
-and a job that moved on meanwhile raises VersionMismatch with the current job.
+and a job that moved on meanwhile raises VersionMismatch with the current job (or, for the
+event-driven changes, returns None).
 """
 
 from __future__ import annotations
@@ -18,23 +27,52 @@ import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from psycopg2.extras import Json
 
 from functions.ota import outbox
-from functions.ota.events import JobEvent, Schedule
+from functions.ota import settings as ota_settings
+from functions.ota.events import JobEvent, Outcome, Schedule
 from functions.runtime.errors import BadRequest, Conflict, InvalidData, NotFound, ObjectflowError
 
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
-FINAL = ("completed", "failed", "cancelled")
+Status = Literal[
+    "scheduled",
+    "ready",
+    "dispatched",
+    "downloading",
+    "flashing",
+    "done",
+    "error",
+    "timed_out",
+    "cancelled",
+]
+STATES: tuple[str, ...] = Status.__args__  # type: ignore[attr-defined]
+FINAL = ("done", "error", "timed_out", "cancelled")
 PATCHABLE = ("scheduled", "ready")  # not yet handed to the dispatcher
+WITH_DEADLINE = ("dispatched", "downloading", "flashing")  # the device owes a status
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "scheduled": frozenset({"ready", "cancelled"}),
+    "ready": frozenset({"scheduled", "dispatched", "cancelled"}),
+    "dispatched": frozenset(
+        {"downloading", "flashing", "done", "error", "ready", "timed_out", "cancelled"}
+    ),
+    "downloading": frozenset({"flashing", "done", "error", "ready", "timed_out", "cancelled"}),
+    "flashing": frozenset({"done", "error", "ready", "timed_out", "cancelled"}),
+    **{final: frozenset() for final in FINAL},
+}
 COLUMNS = (
     "id::text, device_id, firmware_version, schedule, status, status_reason, version, "
-    "created_at, updated_at"
+    "created_at, updated_at, message_id::text, retries, deadline_at"
 )
+
+
+def allowed(current: str, new: str) -> bool:
+    """Whether a job in `current` may move to `new` (TRANSITIONS)."""
+    return new in TRANSITIONS.get(current, frozenset())
 
 
 class VersionMismatch(ObjectflowError):
@@ -75,6 +113,9 @@ class Job:
     version: int
     created_at: datetime
     updated_at: datetime
+    message_id: str | None = None  # of the command last sent
+    retries: int = 0  # re-dispatches by ota-deadlines
+    deadline_at: datetime | None = None  # while dispatched, downloading or flashing
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
@@ -94,6 +135,9 @@ class Job:
             "due_at": iso(self.schedule.due_at),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
+            "message_id": self.message_id,
+            "retries": self.retries,
+            "deadline_at": iso(self.deadline_at) if self.deadline_at else None,
         }
 
 
@@ -316,7 +360,8 @@ def cancel(cur: Cursor, job_id: str, expected_version: int, reason: str | None) 
     job = _locked(cur, job_id, expected_version)
     if job.status in FINAL:
         raise JobConflict(f"job {job.id} is already {job.status}")
-    cancelled = _transition(cur, job, "cancelled", reason or "cancelled by request")
+    cancelled = move(cur, job, "cancelled", reason=reason or "cancelled by request")
+    assert cancelled is not None  # locked at this version by _locked
     record(cur, cancelled, "job.cancelled")
     return cancelled
 
@@ -361,19 +406,91 @@ def scheduled_due_times(cur: Cursor) -> dict[str, float]:
     return {job_id: float(due) for job_id, due in cur.fetchall()}
 
 
-def _transition(cur: Cursor, job: Job, status: str, reason: str | None) -> Job:
+def move(
+    cur: Cursor,
+    job: Job,
+    status: str,
+    *,
+    reason: str | None = None,
+    message_id: str | None = None,
+    retry: bool = False,
+) -> Job | None:
+    """`job` -> `status` if TRANSITIONS allows it and the job is still at `job.version`.
+
+    None when the job moved on meanwhile (optimistic lock). Sets the new state's deadline
+    (OTA_TIMEOUT_<STATE>, NULL without one); `message_id` records the command sent, `retry`
+    counts a re-dispatch. The caller writes the matching `record`.
+    """
+    if not allowed(job.status, status):
+        raise JobConflict(f"job {job.id} is {job.status}; it cannot become {status}")
+    timeout = ota_settings.deadlines().timeout(status)
     cur.execute(
         f"""
-        UPDATE ota.jobs SET status = %s, status_reason = %s, version = version + 1,
-            updated_at = now()
-        WHERE id = %s RETURNING {COLUMNS}
+        UPDATE ota.jobs SET status = %(status)s, status_reason = %(reason)s,
+            version = version + 1, updated_at = now(),
+            message_id = coalesce(%(message_id)s::uuid, message_id),
+            retries = retries + %(retry)s,
+            deadline_at = now() + make_interval(secs => %(timeout)s)
+        WHERE id = %(id)s AND version = %(version)s RETURNING {COLUMNS}
         """,
-        (status, reason, job.id),
+        {"status": status, "reason": reason, "message_id": message_id, "retry": int(retry),
+         "timeout": timeout, "id": job.id, "version": job.version},
+    )  # fmt: skip
+    row = cur.fetchone()
+    return Job.from_row(row) if row else None
+
+
+def dispatched(cur: Cursor, job_id: str, version: int, message_id: str) -> Job | None:
+    """ready -> dispatched once command `message_id` is on the broker (job.updated); None if
+    the job is no longer ready at `version` (cancelled, patched or dispatched meanwhile)."""
+    job = get(cur, job_id)
+    if job is None or job.status != "ready" or job.version != version:
+        return None
+    moved = move(cur, job, "dispatched", message_id=message_id)
+    if moved is not None:
+        record(
+            cur, moved, "job.updated", changes={"status": "dispatched", "message_id": message_id}
+        )
+    return moved
+
+
+def take_overdue(cur: Cursor, now: datetime, limit: int) -> list[Job]:
+    """Jobs past their state's deadline at `now`, locked; concurrent ticks skip them."""
+    cur.execute(
+        f"""
+        SELECT {COLUMNS} FROM ota.jobs
+        WHERE deadline_at <= %s AND status = ANY(%s)
+        ORDER BY deadline_at LIMIT %s FOR UPDATE SKIP LOCKED
+        """,
+        (now, list(WITH_DEADLINE), limit),
     )
-    return Job.from_row(_one(cur))
+    return [Job.from_row(row) for row in cur.fetchall()]
 
 
-def record(cur: Cursor, job: Job, kind: str, changes: dict[str, Any] | None = None) -> JobEvent:
+def expire(cur: Cursor, job: Job, max_retries: int) -> Job:
+    """A silent overdue job: ready again for a new command while retries are left
+    (job.ready_to_execute), else timed_out (job.completed, outcome timed_out)."""
+    silence = f"no status within the {job.status} deadline"
+    if job.retries < max_retries:
+        reason = f"{silence}; re-dispatch {job.retries + 1} of {max_retries}"
+        moved = move(cur, job, "ready", reason=reason, retry=True)
+        assert moved is not None  # locked by take_overdue
+        record(cur, moved, "job.ready_to_execute", changes={"retry": moved.retries,
+               "silent_in": job.status})  # fmt: skip
+        return moved
+    moved = move(cur, job, "timed_out", reason=f"{silence}; {max_retries} re-dispatches used")
+    assert moved is not None
+    record(cur, moved, "job.completed", changes={"silent_in": job.status}, outcome="timed_out")
+    return moved
+
+
+def record(
+    cur: Cursor,
+    job: Job,
+    kind: str,
+    changes: dict[str, Any] | None = None,
+    outcome: Outcome | None = None,
+) -> JobEvent:
     """The history row and the outbox row of one change, in the change's transaction."""
     event = JobEvent(
         event_id=str(uuid.uuid4()),
@@ -387,6 +504,7 @@ def record(cur: Cursor, job: Job, kind: str, changes: dict[str, Any] | None = No
         occurred_at=job.updated_at,
         status_reason=job.status_reason,
         changes=changes or {},
+        outcome=outcome,
     )
     payload = event.model_dump(mode="json")
     cur.execute(

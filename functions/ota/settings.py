@@ -65,6 +65,51 @@ class SchedulerSettings(BaseSettings):
     )
 
 
+class DispatchSettings(BaseSettings):
+    """ota-dispatcher: the command's link, the shared rate limit, the MQTT breaker."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    url_expiry_seconds: int = Field(
+        default=3600, gt=0, le=7 * 24 * 3600, description="How long a command's link is valid"
+    )
+    dispatch_rate: int = Field(
+        default=50, gt=0, description="Commands per second, shared by every dispatcher replica"
+    )
+    dispatch_rate_key: str = Field(
+        default="ota:dispatch", min_length=1, description="Redis key of the shared rate limit"
+    )
+    mqtt_timeout_s: float = Field(default=5.0, gt=0, description="Wait for a command's PUBACK")
+    breaker_failures: int = Field(
+        default=5, gt=0, description="Failed publishes in a row that open the MQTT breaker"
+    )
+    breaker_reset_s: float = Field(
+        default=30.0, gt=0, description="Open breaker's cool-down before it half-opens"
+    )
+
+
+class DeadlineSettings(BaseSettings):
+    """ota-deadlines: how long a job may stay silent in each state, and its re-dispatches."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    timeout_dispatched: float = Field(
+        default=600, gt=0, description="Seconds from the command to the device's first status"
+    )
+    timeout_downloading: float = Field(default=1800, gt=0, description="Seconds downloading")
+    timeout_flashing: float = Field(default=900, gt=0, description="Seconds flashing")
+    max_retries: int = Field(
+        default=2, ge=0, description="Re-dispatches of a silent job before it is timed_out"
+    )
+    deadlines_batch: int = Field(default=200, gt=0, description="Overdue jobs per transaction")
+    deadlines_max_batches: int = Field(default=50, gt=0, description="Transactions per tick")
+
+    def timeout(self, status: str) -> float | None:
+        """Seconds a job may stay silent in `status`; None for states without a deadline."""
+        value = getattr(self, f"timeout_{status}", None)
+        return None if value is None else float(value)
+
+
 class BucketSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
 
@@ -74,4 +119,6 @@ class BucketSettings(BaseSettings):
 ota = settings.cached(OtaSettings)
 outbox = settings.cached(OutboxSettings)
 scheduler = settings.cached(SchedulerSettings)
+dispatch = settings.cached(DispatchSettings)
+deadlines = settings.cached(DeadlineSettings)
 buckets = settings.cached(BucketSettings)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from functions.runtime import clients, settings
-from tests.ota_support import ensure_bucket, unique
+from tests.ota_support import ensure_bucket, ready_event, sql, unique
 from tests.support import http_app
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -53,3 +54,43 @@ def device(api: Any) -> Callable[..., str]:
         return device_id
 
     return register
+
+
+@pytest.fixture
+def dispatcher(ota_env: dict[str, str]) -> Iterator[Any]:
+    """ota-dispatcher's app in-process, with a fresh breaker and MQTT session per test and a
+    rate-limit key of its own (the running runtime's dispatcher shares the default one)."""
+    import functions_framework
+
+    from functions.ota import dispatcher as module
+
+    os.environ["OTA_DISPATCH_RATE_KEY"] = unique("ota:dispatch:test")
+    settings.reset()
+    module.channel.cache_clear()
+    source = str(ROOT / "functions" / "ota" / "dispatcher.py")
+    yield functions_framework.create_app("ota_dispatcher", source, "http").test_client()
+    module.channel().close()
+    module.channel.cache_clear()
+
+
+@pytest.fixture
+def ready_job(api: Any, firmware: str, device: Callable[..., str], ota_env: dict[str, str]):
+    """A job made ready without a job.ready_to_execute outbox row, so the running runtime's
+    dispatcher never sees it: the test hands the event to its in-process dispatcher. Returns
+    the event's data (the record value the relay would have published)."""
+
+    def make(device_id: str | None = None) -> dict[str, Any]:
+        later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+        device_id = device_id or device()
+        body = {"device_id": device_id, "firmware_version": firmware, "schedule_time": later}
+        created = api.post("/jobs", json=body)
+        assert created.status_code == 201, created.text
+        job_id = created.json()["id"]
+        sql(
+            ota_env,
+            "UPDATE ota.jobs SET status = 'ready', version = version + 1 WHERE id = %s",
+            (job_id,),
+        )
+        return ready_event(api.get(f"/jobs/{job_id}").json())
+
+    return make
