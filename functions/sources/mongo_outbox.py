@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,8 +43,7 @@ from functions.detections import settings as detections_settings
 from functions.detections.events import COLLECTION
 from functions.runtime import logging as objectflow_logging
 from functions.runtime import settings
-from functions.runtime.errors import SettingsError
-from functions.sources import sink
+from functions.sources import lifecycle, sink
 from functions.sources.routes import MongoOutbox
 
 SOURCE = "mongo-outbox"
@@ -233,9 +231,12 @@ class Outbox:
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_scan:
+                    # Scans start `every` apart (back to back when one takes longer): the
+                    # scan's own time, on FerretDB a pass over the whole collection, and the
+                    # posts are not added on top of the interval.
+                    next_scan = time.monotonic() + every
                     self.post_due(self.scan())
                     self.failures = 0
-                    next_scan = time.monotonic() + every
                 if stream is None:
                     self.stopping.wait(max(0.0, next_scan - time.monotonic()))
                     continue
@@ -281,23 +282,13 @@ class Outbox:
         self.stopping.set()
 
 
-def main() -> int:
-    objectflow_logging.configure(SOURCE)
-    try:
-        config = settings.load(OutboxSettings)
-        source = Outbox(config, sink.sink_url())
-        if config.metrics_port is not None:
-            from prometheus_client import start_http_server
+def build() -> tuple[Outbox, int | None]:
+    config = settings.load(OutboxSettings)
+    return Outbox(config, sink.sink_url()), config.metrics_port
 
-            start_http_server(config.metrics_port)
-        handler: Callable[..., None] = source.stop
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        source.run()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc.detail, extra={"setting": exc.setting})
-        return 2
-    return 0
+
+def main() -> int:
+    return lifecycle.main(SOURCE, build)
 
 
 if __name__ == "__main__":
