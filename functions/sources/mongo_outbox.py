@@ -231,12 +231,12 @@ class Outbox:
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_scan:
-                    # Scans start `every` apart (back to back when one takes longer): the
-                    # scan's own time, on FerretDB a pass over the whole collection, and the
-                    # posts are not added on top of the interval.
-                    next_scan = time.monotonic() + every
                     self.post_due(self.scan())
                     self.failures = 0
+                    # After the scan, not from its start: on FerretDB a scan decodes every
+                    # document of the collection, and back-to-back scans would take the CPU
+                    # its writers (the status updates) need.
+                    next_scan = time.monotonic() + every
                 if stream is None:
                     self.stopping.wait(max(0.0, next_scan - time.monotonic()))
                     continue
