@@ -160,7 +160,7 @@ def run(console: Any, *, rate: float, backlog: int, seconds: float, warmup: floa
         pipeline_collection.delete_many({"bench": {"$exists": True}})
         direct_collection.drop()
         db[f"{direct_collection.name}_claims"].drop()
-        _empty(s3, bucket)
+        empty_bucket(s3, bucket)
     pipeline, direct_run = runs
     table = Table(title="detections outbox: pipeline vs direct worker vs MinIO small-PUT limit")
     for column in (
@@ -195,7 +195,7 @@ def run(console: Any, *, rate: float, backlog: int, seconds: float, warmup: floa
     return not any(r.unfinished for r in runs)
 
 
-def _empty(s3: Any, bucket: str) -> None:
+def empty_bucket(s3: Any, bucket: str) -> None:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
         keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
         if keys:
