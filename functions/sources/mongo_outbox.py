@@ -5,7 +5,7 @@ posts one CloudEvent per document to `K_SINK`: id = subject = the document's `ev
 so redeliveries dedupe), data = a reference to the document (`collection`, `document_id`).
 Where the server has change streams (MongoDB) it posts on each insert or update and rescans
 every half lease; elsewhere (FerretDB) it polls every `DETECTIONS_POLL_INTERVAL` over an index
-on `status`.
+on `status`, pausing longer after a scan that itself took long (`SCAN_PAUSE`).
 
 It does not flood: a document is posted again only when it is still predictable a lease
 (`DETECTIONS_LEASE_SECONDS`) after the sink accepted it, which is also how a document whose
@@ -50,6 +50,10 @@ SOURCE = "mongo-outbox"
 log = logging.getLogger("objectflow.sources.mongo_outbox")
 # Servers without change streams: FerretDB answers NotImplemented, a standalone MongoDB 40573.
 NO_CHANGE_STREAMS = {238, 40573, 115, 136}
+# The pause after a scan is at least this many times the scan's own time: on FerretDB a scan
+# decodes every document of the collection (history included), and scanning back to back
+# would take the CPU the status updates need. So scans use at most a quarter of the time.
+SCAN_PAUSE = 3.0
 
 DOCUMENTS = Counter(
     "objectflow_outbox_documents_total",
@@ -231,12 +235,12 @@ class Outbox:
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_scan:
-                    self.post_due(self.scan())
+                    started = time.monotonic()
+                    documents = self.scan()
+                    scanned = time.monotonic() - started
+                    self.post_due(documents)
                     self.failures = 0
-                    # After the scan, not from its start: on FerretDB a scan decodes every
-                    # document of the collection, and back-to-back scans would take the CPU
-                    # its writers (the status updates) need.
-                    next_scan = time.monotonic() + every
+                    next_scan = time.monotonic() + max(every, SCAN_PAUSE * scanned)
                 if stream is None:
                     self.stopping.wait(max(0.0, next_scan - time.monotonic()))
                     continue
