@@ -6,18 +6,40 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import psutil
 import requests
 
 from devstack import api
+from functions.runtime import clients, settings
 
 ROOT = api.ROOT
 OVERLAY = ROOT / "bench" / "values-bench.yaml"
 OUT = ROOT / "bench" / "out"
 SINK = "bench-sink"
 SINK_SOURCE = "bench/runtime/functions.py"  # its entrypoint in values-bench.yaml
+
+
+def stack_env() -> dict[str, str]:
+    """Prepare a benchmark run: bench/out/ exists, the stack's settings (.devstack/env) are in
+    os.environ (the caller's environment wins) and the backend clients start afresh. Returns
+    the stack's settings."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    env = api.read_env_file(api.PATHS)
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
+    settings.reset()
+    clients.reset()
+    return env
+
+
+def percentiles(latencies: Sequence[float]) -> tuple[float, float, float]:
+    """(p50, p99, max) of `latencies` (at least one), in their unit."""
+    p50, p99 = (float(np.percentile(latencies, q)) for q in (50, 99))
+    return p50, p99, float(max(latencies))
 
 
 # --- process helpers (psutil) --------------------------------------------------------------

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,9 +31,9 @@ import psycopg2
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from bench.common import OUT, ROOT, machine_cpu_seconds, runtime_up
+from bench.common import OUT, ROOT, machine_cpu_seconds, percentiles, runtime_up, stack_env
 from devstack.api import PATHS, DevstackError, camera_sim, read_env_file
-from functions.runtime import clients, settings
+from functions.runtime import clients
 
 AIM_CHUNKS_PER_S = 800  # 100 cameras x 16 chunks every 2 s
 AIM_P99_MS = 250.0
@@ -175,9 +174,7 @@ def camera_run(path: str, load: Load, advance: Callable[[int], None]) -> CameraR
     run.captures, run.finished = len(measured), len(latencies)
     run.latencies_ms = sorted(round(x, 2) for x in latencies)
     if latencies:
-        run.p50_ms = round(statistics.median(latencies), 1)
-        run.p99_ms = round(float(np.percentile(latencies, 99)), 1)
-        run.max_ms = round(max(latencies), 1)
+        run.p50_ms, run.p99_ms, run.max_ms = (round(x, 1) for x in percentiles(latencies))
         first = min(s.at for s in measured)
         last = max(found[s.checksum] for s in measured if s.checksum in found)
         run.images_per_s = round(len(latencies) / max(last - first, 1e-9), 1)
@@ -243,11 +240,7 @@ def run(
     """Both paths, one after the other, under the same load; prints and writes the report.
 
     Returns False when a capture never finished (lost or stuck); a missed aim is a finding."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    settings.reset()
-    clients.reset()
-    for name, value in read_env_file(PATHS).items():
-        os.environ.setdefault(name, value)
+    stack_env()
     runs = []
     columns = (TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())  # fmt: skip

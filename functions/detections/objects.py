@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from typing import TYPE_CHECKING, Literal
@@ -48,30 +49,41 @@ def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
 def write(s3: S3Client, prediction: Prediction) -> Written:
     """PUT the prediction unless an identical object (same sha256, or same MD5 ETag) is there.
 
-    Idempotent: run again after any failure, it ends with the same object.
+    One request when the key is new (the usual case): the PUT is conditional on no object
+    existing (`If-None-Match: *`); only when one does is it read (HEAD), compared and, if it
+    differs, overwritten. Idempotent: run again after any failure, it ends with the same object.
     """
     try:
-        head = s3.head_object(Bucket=prediction.bucket, Key=prediction.key)
+        _put(s3, prediction, if_absent=True)
+        return "uploaded"
     except ClientError as exc:
-        if _status(exc) != 404:
+        if _status(exc) != 412:  # 412 Precondition Failed: an object is there
             raise
-        head = None
-    if head is not None:
-        etag = head.get("ETag", "").strip('"')
-        if head.get("Metadata", {}).get("sha256") == prediction.sha256 or etag == _md5(prediction):
-            return "identical"
-        log.warning(
-            "object differs from the prediction; overwriting",
-            extra={"object": prediction.url, "etag": etag, "sha256": prediction.sha256},
-        )
-    s3.put_object(
+    head = s3.head_object(Bucket=prediction.bucket, Key=prediction.key)
+    etag = head.get("ETag", "").strip('"')
+    if head.get("Metadata", {}).get("sha256") == prediction.sha256 or etag == _md5(prediction):
+        return "identical"
+    log.warning(
+        "object differs from the prediction; overwriting",
+        extra={"object": prediction.url, "etag": etag, "sha256": prediction.sha256},
+    )
+    _put(s3, prediction, if_absent=False)
+    return "overwritten"
+
+
+def _put(s3: S3Client, prediction: Prediction, *, if_absent: bool) -> None:
+    put = functools.partial(
+        s3.put_object,
         Bucket=prediction.bucket,
         Key=prediction.key,
         Body=prediction.body,
         ContentType="application/json",
         Metadata={"sha256": prediction.sha256},
     )
-    return "uploaded" if head is None else "overwritten"
+    if if_absent:
+        put(IfNoneMatch="*")
+    else:
+        put()
 
 
 def _md5(prediction: Prediction) -> str:

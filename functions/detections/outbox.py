@@ -136,12 +136,17 @@ def prediction(document: Document, max_bytes: int) -> Prediction:
 
 
 # --- writes to the document (only under a claim) ------------------------------------------------
+#
+# By `_id` alone: FerretDB (1.24) pushes only an `_id` equality down to its SQL backend; any
+# other filter, `{_id, status}` included, makes it decode every document of the collection in
+# Go, which with the kept history cost seconds per update. The guard is the claim, checked just
+# before: on FerretDB a status filter would be no guard anyway (its update is not atomic).
 
 
 def mark_ready(collection: Collection[Document], document_id: Any, url: str, now: datetime) -> bool:
     """predictable -> ready with `output_s3` and `ready_at` (and an earlier rejection cleared)."""
     result = collection.update_one(
-        {"_id": document_id, "status": PREDICTABLE},
+        {"_id": document_id},
         {
             "$set": {"status": READY, "output_s3": url, "ready_at": now},
             "$unset": {"outbox_error": "", "outbox_error_at": ""},
@@ -154,8 +159,7 @@ def record_error(
     collection: Collection[Document], document_id: Any, reason: str, now: datetime
 ) -> None:
     collection.update_one(
-        {"_id": document_id, "status": PREDICTABLE},
-        {"$set": {"outbox_error": reason, "outbox_error_at": now}},
+        {"_id": document_id}, {"$set": {"outbox_error": reason, "outbox_error_at": now}}
     )
 
 

@@ -5,7 +5,7 @@ posts one CloudEvent per document to `K_SINK`: id = subject = the document's `ev
 so redeliveries dedupe), data = a reference to the document (`collection`, `document_id`).
 Where the server has change streams (MongoDB) it posts on each insert or update and rescans
 every half lease; elsewhere (FerretDB) it polls every `DETECTIONS_POLL_INTERVAL` over an index
-on `status`.
+on `status`, pausing longer after a scan that itself took long (`SCAN_PAUSE`).
 
 It does not flood: a document is posted again only when it is still predictable a lease
 (`DETECTIONS_LEASE_SECONDS`) after the sink accepted it, which is also how a document whose
@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import logging
 import random
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,14 +43,17 @@ from functions.detections import settings as detections_settings
 from functions.detections.events import COLLECTION
 from functions.runtime import logging as objectflow_logging
 from functions.runtime import settings
-from functions.runtime.errors import SettingsError
-from functions.sources import sink
+from functions.sources import lifecycle, sink
 from functions.sources.routes import MongoOutbox
 
 SOURCE = "mongo-outbox"
 log = logging.getLogger("objectflow.sources.mongo_outbox")
 # Servers without change streams: FerretDB answers NotImplemented, a standalone MongoDB 40573.
 NO_CHANGE_STREAMS = {238, 40573, 115, 136}
+# The pause after a scan is at least this many times the scan's own time: on FerretDB a scan
+# decodes every document of the collection (history included), and scanning back to back
+# would take the CPU the status updates need. So scans use at most a quarter of the time.
+SCAN_PAUSE = 3.0
 
 DOCUMENTS = Counter(
     "objectflow_outbox_documents_total",
@@ -233,9 +235,12 @@ class Outbox:
         try:
             while not self.stopping.is_set():
                 if time.monotonic() >= next_scan:
-                    self.post_due(self.scan())
+                    started = time.monotonic()
+                    documents = self.scan()
+                    scanned = time.monotonic() - started
+                    self.post_due(documents)
                     self.failures = 0
-                    next_scan = time.monotonic() + every
+                    next_scan = time.monotonic() + max(every, SCAN_PAUSE * scanned)
                 if stream is None:
                     self.stopping.wait(max(0.0, next_scan - time.monotonic()))
                     continue
@@ -281,23 +286,13 @@ class Outbox:
         self.stopping.set()
 
 
-def main() -> int:
-    objectflow_logging.configure(SOURCE)
-    try:
-        config = settings.load(OutboxSettings)
-        source = Outbox(config, sink.sink_url())
-        if config.metrics_port is not None:
-            from prometheus_client import start_http_server
+def build() -> tuple[Outbox, int | None]:
+    config = settings.load(OutboxSettings)
+    return Outbox(config, sink.sink_url()), config.metrics_port
 
-            start_http_server(config.metrics_port)
-        handler: Callable[..., None] = source.stop
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        source.run()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc.detail, extra={"setting": exc.setting})
-        return 2
-    return 0
+
+def main() -> int:
+    return lifecycle.main(SOURCE, build)
 
 
 if __name__ == "__main__":

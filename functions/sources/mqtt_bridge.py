@@ -24,10 +24,9 @@ import hashlib
 import json
 import logging
 import queue
-import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -43,7 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from functions.runtime import cehttp, clients, settings
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import SettingsError
-from functions.sources import sink
+from functions.sources import lifecycle, sink
 from functions.sources.routes import MqttBridge, MqttRoute
 
 SOURCE = "mqtt-bridge"
@@ -304,27 +303,18 @@ class Bridge:
         self.stopping.set()
 
 
-def main() -> int:
-    objectflow_logging.configure(SOURCE)
-    try:
-        config = load_settings()
-        mqtt = settings.mqtt()
-        bridge = Bridge(config, sink.sink_url(), f"mqtt://{mqtt.host}:{mqtt.port}")
-        if config.metrics_port is not None:
-            from prometheus_client import start_http_server
+def build() -> tuple[Bridge, int | None]:
+    config = load_settings()
+    mqtt = settings.mqtt()
+    return Bridge(config, sink.sink_url(), f"mqtt://{mqtt.host}:{mqtt.port}"), config.metrics_port
 
-            start_http_server(config.metrics_port)
-        handler: Callable[..., None] = bridge.stop
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-        bridge.run()
-    except SettingsError as exc:
-        log.error("bad settings: %s", exc.detail, extra={"setting": exc.setting})
-        return 2
+
+def main() -> int:
+    try:
+        return lifecycle.main(SOURCE, build)
     except clients.mqtt.MqttRejected as exc:
         log.error("MQTT broker rejected MQTT_USER/MQTT_PASSWORD: %s", exc)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Several workers at once: detections-store as 4 concurrent functions-framework processes and
 the mongo-outbox source run twice, against the real FerretDB and a versioned MinIO bucket.
 
-The local runtime runs one process per function (its `scale:` is not there yet), so this test
-starts the workers itself. Each source posts straight to one worker (a Knative source may sink
-to a Service directly); the other two workers get every event too, from this test, posted at
+The test starts the workers itself, on a collection of its own, so the shared runtime's
+detections-store (one process unless values.yaml gives it a `scale:`) takes no part. Each
+source posts straight to one worker (a Knative source may sink to a Service directly); the
+other two workers get every event too, from this test, posted at
 the same moment as a redelivering broker would. So each document reaches all four workers, and
 must still be written to MinIO exactly once (one object version) and marked ready once.
 """
