@@ -37,8 +37,9 @@ from functions.runtime import (
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 TEXT = r"^[^\x00-\x1f\x7f]*$"  # free text: no control characters
 STATUSES = Literal[
-    "scheduled", "ready", "dispatched", "in_progress", "completed", "failed", "cancelled"
-]
+    "scheduled", "ready", "dispatched", "downloading", "flashing", "done", "error", "timed_out",
+    "in_progress", "completed", "failed", "cancelled",
+]  # fmt: skip
 Version = Annotated[str, Path(pattern=firmwares.VERSION, description="Firmware version")]
 DeviceId = Annotated[str, Path(pattern=DEVICE_ID)]
 

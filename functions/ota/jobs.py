@@ -1,9 +1,9 @@
 """Firmware jobs: their state machine and every change as job row + job_events + outbox row.
 
-    scheduled --(due: scheduler)--> ready --(dispatcher, part 2)--> dispatched --> in_progress
-        |  ^                          |                                               |
-        |  +--(PATCH reschedule)------+                                  completed | failed
-        +--(POST cancel, from any state that is not final)--> cancelled
+    scheduled --(due: scheduler)--> ready --(dispatcher, part 2)--> dispatched
+        |  ^                          |                                     |  (device statuses:
+        |  +--(PATCH reschedule)------+         downloading --> flashing --> done | error
+        +--(POST cancel, from any state that is not final)--> cancelled      ota-status)
 
 Each function here takes the caller's cursor, so a change, its history row and its outbox
 event commit together or not at all (functions.runtime.clients.postgres.transaction). Changes
@@ -29,7 +29,14 @@ from functions.runtime.errors import BadRequest, InvalidData, NotFound, Objectfl
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
-FINAL = ("completed", "failed", "cancelled")
+FINAL = ("completed", "failed", "cancelled", "done", "error", "timed_out")
+# What a device's status may move a job to (ota-status): forward only, skipping a status the
+# link lost (a `done` whose `flashing` was dropped still finishes the job).
+DEVICE_TRANSITIONS: dict[str, tuple[str, ...]] = {
+    "dispatched": ("downloading", "flashing", "done", "error"),
+    "downloading": ("flashing", "done", "error"),
+    "flashing": ("done", "error"),
+}
 PATCHABLE = ("scheduled", "ready")  # not yet handed to the dispatcher
 COLUMNS = (
     "id::text, device_id, firmware_version, schedule, status, status_reason, version, "
@@ -362,6 +369,21 @@ def scheduled_due_times(cur: Cursor) -> dict[str, float]:
     return {job_id: float(due) for job_id, due in cur.fetchall()}
 
 
+def advance(cur: Cursor, job: Job, status: str, reason: str | None) -> Job | None:
+    """`job` -> `status` if it is still at the version read (optimistic lock); None if it
+    moved on meanwhile. The caller checked DEVICE_TRANSITIONS and writes the history."""
+    cur.execute(
+        f"""
+        UPDATE ota.jobs SET status = %s, status_reason = %s, version = version + 1,
+            updated_at = now()
+        WHERE id = %s AND version = %s RETURNING {COLUMNS}
+        """,
+        (status, reason, job.id, job.version),
+    )
+    row = cur.fetchone()
+    return Job.from_row(row) if row else None
+
+
 def _transition(cur: Cursor, job: Job, status: str, reason: str | None) -> Job:
     cur.execute(
         f"""
@@ -374,7 +396,14 @@ def _transition(cur: Cursor, job: Job, status: str, reason: str | None) -> Job:
     return Job.from_row(_one(cur))
 
 
-def record(cur: Cursor, job: Job, kind: str, changes: dict[str, Any] | None = None) -> JobEvent:
+def record(
+    cur: Cursor,
+    job: Job,
+    kind: str,
+    changes: dict[str, Any] | None = None,
+    *,
+    outcome: str | None = None,
+) -> JobEvent:
     """The history row and the outbox row of one change, in the change's transaction."""
     event = JobEvent(
         event_id=str(uuid.uuid4()),
@@ -388,16 +417,10 @@ def record(cur: Cursor, job: Job, kind: str, changes: dict[str, Any] | None = No
         occurred_at=job.updated_at,
         status_reason=job.status_reason,
         changes=changes or {},
+        outcome=outcome,
     )
     payload = event.model_dump(mode="json")
-    cur.execute(
-        """
-        INSERT INTO ota.job_events (event_id, job_id, type, version, status, detail, occurred_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s)
-        """,
-        (event.event_id, job.id, kind, job.version, job.status, Json(changes or {}),
-         job.updated_at),
-    )  # fmt: skip
+    history(cur, job, kind, changes or {}, event_id=event.event_id)
     outbox.write(
         cur,
         event_id=uuid.UUID(event.event_id),
@@ -407,6 +430,26 @@ def record(cur: Cursor, job: Job, kind: str, changes: dict[str, Any] | None = No
         payload=payload,
     )
     return event
+
+
+def history(
+    cur: Cursor,
+    job: Job,
+    kind: str,
+    detail: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> None:
+    """A `job_events` row alone: what happened to the job (or was ignored) at its version."""
+    cur.execute(
+        """
+        INSERT INTO ota.job_events (event_id, job_id, type, version, status, detail, occurred_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        """,
+        (event_id or str(uuid.uuid4()), job.id, kind, job.version, job.status, Json(detail),
+         occurred_at or job.updated_at),
+    )  # fmt: skip
 
 
 def iso(moment: datetime) -> str:
