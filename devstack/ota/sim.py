@@ -70,7 +70,7 @@ class Stats:
     commands: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     link: Counter[str] = field(default_factory=Counter)  # dropped, duplicated, reordered, ...
-    finished: dict[str, str] = field(default_factory=dict)  # device id -> done | error
+    finished: dict[str, str] = field(default_factory=dict)  # device id -> its final status
     command_times: dict[str, float] = field(default_factory=dict)  # device id -> first command
 
     def line(self) -> str:
@@ -168,21 +168,22 @@ class Device:
                         report("downloading", progress=50)
         except (TimeoutError, aiohttp.ClientError) as exc:
             report("error", error=f"download failed: {exc}")
-            return self._finish("error")
+            return
         if digest.hexdigest() != command.get("sha256") or size != command.get("size", size):
             report("error", error="sha256 mismatch")
-            return self._finish("error")
+            return
         report("downloading", progress=100)
         report("flashing")
         await asyncio.sleep(self.behaviour.firmware_ms / 1000 * (0.5 + self.rng.random()))
         if self.failing:
             report("error", error="flash failed")
-            return self._finish("error")
+            return
         report("done")
-        self._finish("done")
 
-    def _finish(self, outcome: str) -> None:
-        self.stats.finished[self.id] = outcome
+    def _finish(self, status: dict[str, Any]) -> None:
+        """The device's last status left it (or was lost on the link)."""
+        if status["status"] in ("done", "error"):
+            self.stats.finished[self.id] = status["status"]
 
     async def _send(self, client: aiomqtt.Client) -> None:
         """Publish queued statuses over the flaky link; a status not acknowledged because the
@@ -199,6 +200,7 @@ class Device:
                     await asyncio.sleep(self.rng.random() * b.delay_ms / 1000)
                 if self.rng.random() < b.drop_rate:
                     self.stats.link["dropped"] += 1
+                    self._finish(status)
                 elif self.held is None and self.rng.random() < b.reorder_rate:
                     self.held = status
                     self.stats.link["reordered"] += 1
@@ -218,6 +220,7 @@ class Device:
                     self._requeue(batch[n:])
                     raise
                 self.stats.statuses[item["status"]] += 1
+                self._finish(item)
             if batch and self.rng.random() < b.disconnect_rate:
                 self.stats.link["disconnects"] += 1
                 raise Disconnect
