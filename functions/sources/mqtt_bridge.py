@@ -271,7 +271,7 @@ class Bridge:
                     )
                 ),
                 wait=tenacity.wait_exponential_jitter(
-                    initial=0.2, max=self.config.max_backoff, jitter=0.2
+                    multiplier=0.2, max=self.config.max_backoff, jitter=0.2
                 ),
                 stop=tenacity.stop_when_event_set(self.stopping),
                 sleep=sink.interruptible_sleep(self.stopping),
