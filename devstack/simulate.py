@@ -36,7 +36,6 @@ def devices(
     from devstack import wiring
     from devstack.dlq import with_stack_settings
     from devstack.ota import sim
-    from functions.runtime import settings
 
     ids = [f"{prefix}-{n:05d}" for n in range(count)]
     behaviour = sim.Behaviour(
@@ -45,11 +44,7 @@ def devices(
     )  # fmt: skip
     console = Console()
     with with_stack_settings():
-        mqtt = settings.mqtt()
-        broker = sim.Broker(
-            mqtt.host, mqtt.port, mqtt.user,
-            mqtt.password.get_secret_value() if mqtt.password else None,
-        )  # fmt: skip
+        broker = sim.stack_broker()
         if register:
             api = f"http://127.0.0.1:{wiring.default().ports()['ota-api']}"
             failed = asyncio.run(sim.register(api, ids))

@@ -63,6 +63,16 @@ class Broker:
     password: str | None
 
 
+def stack_broker() -> Broker:
+    """The stack's broker as its settings name it (MQTT_BROKER_URL, MQTT_USER, MQTT_PASSWORD;
+    with `devstack.dlq.with_stack_settings()`, from .devstack/env)."""
+    from functions.runtime import settings
+
+    mqtt = settings.mqtt()
+    password = mqtt.password.get_secret_value() if mqtt.password else None
+    return Broker(mqtt.host, mqtt.port, mqtt.user, password)
+
+
 @dataclass
 class Stats:
     devices: int = 0
@@ -72,6 +82,7 @@ class Stats:
     link: Counter[str] = field(default_factory=Counter)  # dropped, duplicated, reordered, ...
     finished: dict[str, str] = field(default_factory=dict)  # device id -> its final status
     command_times: dict[str, float] = field(default_factory=dict)  # device id -> first command
+    failing: set[str] = field(default_factory=set)  # devices whose flash fails (--fail-rate)
 
     def line(self) -> str:
         kinds = " ".join(f"{k} {self.statuses[k]}" for k in STATUSES)
@@ -96,6 +107,8 @@ class Device:
         self.id, self.broker, self.behaviour, self.stats = device_id, broker, behaviour, stats
         self.http, self.rng, self.connect_slots = http, rng, connect_slots
         self.failing = rng.random() < behaviour.fail_rate
+        if self.failing:
+            stats.failing.add(device_id)
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # statuses to send
         self.held: dict[str, Any] | None = None  # a status held back (reordering)
         self.handled: set[str] = set()  # command message ids already worked on
