@@ -43,9 +43,9 @@ import psycopg2
 from psycopg2.extras import Json, execute_values
 from rich.table import Table
 
-from bench.common import OUT, ROOT, cpu_seconds, machine_cpu_seconds
+from bench.common import OUT, ROOT, cpu_seconds, machine_cpu_seconds, stack_env
 from bench.outbox import polling
-from devstack.api import PATHS, DevstackError, read_env_file
+from devstack.api import DevstackError
 from functions.ota import outbox
 from functions.ota.events import JobEvent, Schedule
 from functions.ota.relay import headers, producer
@@ -189,7 +189,7 @@ def open_loop(
 
     Returns ({event id: commit time}, the schedule's start, p99 ms the writers ran late)."""
     total = int(rate * seconds)
-    start = time.time() + 1.0
+    start = time.time() + 2.0  # forked and their payloads built by then
     commits: dict[str, float] = {}
     late: list[float] = []
     jobs = [(stage.dsn, devices, range(w, total, writers), start, rate) for w in range(writers)]
@@ -203,19 +203,19 @@ def open_loop(
 def _writer(
     dsn: str, devices: list[str], numbers: range, start: float, rate: float
 ) -> tuple[dict[str, float], list[float]]:
-    """One open-loop writer: job n commits at start + n / rate (or as soon after as it can)."""
+    """One open-loop writer: job n commits at start + n / rate (or as soon after as it can).
+    The payloads are built beforehand, so the load costs the machine only its transactions."""
     conn = psycopg2.connect(dsn)
     commits: dict[str, float] = {}
     lateness = []
+    jobs = [(n, devices[n % len(devices)], *_payload(devices[n % len(devices)])) for n in numbers]
     with conn.cursor() as cur:
-        for n in numbers:
+        for n, device, event_id, job_id, payload in jobs:
             due = start + n / rate
             pause = due - time.time()
             if pause > 0:
                 time.sleep(pause)
             lateness.append(max(0.0, time.time() - due))
-            device = devices[n % len(devices)]
-            event_id, job_id, payload = _payload(device)
             outbox.write(
                 cur,
                 event_id=uuid.UUID(event_id),
@@ -271,8 +271,9 @@ def figures(
 ) -> dict[str, Any]:
     """rows/s from the first commit to the last ack, p50/p99 commit-to-ack, CPU: the machine's
     and the publishing process's per acknowledged row (`cpu_s` over the measurement)."""
+    mine = [acks[i] for i in commits if i in acks]  # `acks` may hold other phases' rows too
     latencies = [(acks[i] - commits[i]) * 1000 for i in commits if i in acks]
-    span = max(acks.values(), default=began) - began
+    span = max(mine, default=began) - began
     return {
         "rows": len(commits),
         "acked": len(latencies),
@@ -343,10 +344,7 @@ def run(
     seconds: float,
     warmup: float,
 ) -> bool:
-    OUT.mkdir(parents=True, exist_ok=True)
-    env = read_env_file(PATHS)
-    for name, value in env.items():  # the in-process producer's settings
-        os.environ.setdefault(name, value)
+    env = stack_env()  # also the in-process producer's settings
     run_id = uuid.uuid4().hex[:8]
     keys = _devices(run_id, devices)
     console.print(

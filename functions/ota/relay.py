@@ -154,7 +154,8 @@ class Relay:
     # --- one cycle ------------------------------------------------------------------------
 
     def cycle(self) -> int:
-        """Publish what is ready now, in one transaction; returns the rows sent."""
+        """Publish what is ready now, in one transaction; returns the rows read (each sent or
+        charged a failure)."""
         return clients.postgres.transaction(self._cycle)
 
     def _cycle(self, cur: Cursor) -> int:
@@ -176,7 +177,7 @@ class Relay:
         outbox.mark_sent(cur, [row.id for row in result.sent])
         for row, error in result.rejected:
             self._settle_failure(cur, row, error)
-        return len(result.sent)
+        return len(rows)
 
     def publish(self, rows: list[outbox.Row]) -> Outcome:
         """Send `rows` wave by wave; a device whose row was refused sends nothing more."""
@@ -255,7 +256,7 @@ class Relay:
         try:
             while not self.stop.is_set():
                 try:
-                    sent = self.cycle()
+                    read = self.cycle()
                     pause = 0.5
                 except (KafkaUnavailable, DependencyUnavailable) as exc:
                     ERRORS.labels("unavailable").inc()
@@ -264,9 +265,11 @@ class Relay:
                     self.stop.wait(pause)
                     pause = min(pause * 2, 10)
                     continue
-                if sent:
+                if read >= self.cfg.outbox_batch:
                     self._refresh_status()
-                    continue  # there may be more
+                    continue  # a full batch: there may be more right now
+                # Rows committed during the cycle have NOTIFYed (the wait returns at once); the
+                # status says whether a committed row still waits below an open transaction.
                 wait = self.cfg.outbox_poll_s
                 with_status = self._refresh_status(force=True)
                 if with_status is not None:
