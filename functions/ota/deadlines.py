@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from functions.ota import jobs
+from functions.ota.metrics import DEADLINES
 from functions.ota import settings as ota_settings
 from functions.ota.events import DeadlinesChecked
 from functions.runtime import clients
@@ -43,6 +44,8 @@ def tick(now: datetime | None = None) -> DeadlinesChecked:
         if len(batch) < cfg.deadlines_batch:
             break
     timed_out = sum(1 for job in expired if job.status == "timed_out")
+    DEADLINES.labels("redispatched").inc(len(expired) - timed_out)
+    DEADLINES.labels("timed_out").inc(timed_out)
     return DeadlinesChecked(redispatched=len(expired) - timed_out, timed_out=timed_out)
 
 

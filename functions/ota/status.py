@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from functions.ota import settings as ota_settings
 from functions.ota import statuses
 from functions.ota.events import StatusDeadLetter
+from functions.ota.metrics import STATUS_DEAD_LETTERS
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
 from functions.runtime.clients import core
@@ -66,6 +67,7 @@ def dead_letter(event: Event[Any], value: Any, refused: statuses.Refused) -> Non
         future.get(timeout=15)
 
     core.within_budget(clients.kafka.BACKEND, send)
+    STATUS_DEAD_LETTERS.labels(refused.reason).inc()
 
 
 def _fast_path_hit(key: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg2
 import pytest
+from prometheus_client import REGISTRY
 
 from functions.ota import deadlines, jobs
 from functions.runtime import clients, settings
@@ -17,6 +18,10 @@ from tests.ota_support import Commands, outbox_rows, post_event, ready_event, sq
 from tests.support import wait_for
 
 MakeJob = Callable[..., dict[str, Any]]
+
+
+def expired(outcome: str) -> float:
+    return REGISTRY.get_sample_value("objectflow_ota_deadlines_total", {"outcome": outcome}) or 0
 
 
 @pytest.fixture
@@ -72,6 +77,7 @@ def test_a_silent_job_is_redispatched_with_a_new_command_then_timed_out(
     commands = subscriber(device_id)
     first = dispatch(dispatcher, api, job_id)
     assert first.deadline_at is not None
+    counted = {outcome: expired(outcome) for outcome in ("redispatched", "timed_out")}
     assert timedelta(seconds=25) < first.deadline_at - first.updated_at <= timedelta(seconds=30)
 
     # Not yet overdue: nothing changes.
@@ -86,6 +92,8 @@ def test_a_silent_job_is_redispatched_with_a_new_command_then_timed_out(
     assert (kind, status, detail) == ("job.ready_to_execute", "ready",
                                       {"retry": 1, "silent_in": "dispatched"})  # fmt: skip
     assert outbox_rows(ota_env, [device_id])[-1][0] == "job.ready_to_execute"
+    assert expired("redispatched") == counted["redispatched"] + 1
+    assert expired("timed_out") == counted["timed_out"]
 
     second = dispatch(dispatcher, api, job_id)
     wait_for(lambda: len(commands.of(device_id)) == 2, what="the second command")
@@ -98,6 +106,7 @@ def test_a_silent_job_is_redispatched_with_a_new_command_then_timed_out(
     assert (final.status, final.retries, final.deadline_at) == ("timed_out", 1, None)
     kind, status, _detail = history(ota_env, job_id)[-1]
     assert (kind, status) == ("job.completed", "timed_out")
+    assert expired("timed_out") == counted["timed_out"] + 1
     event_type, _job, payload = outbox_rows(ota_env, [device_id])[-1]
     assert (event_type, payload["outcome"], payload["status"]) == (
         "job.completed", "timed_out", "timed_out"

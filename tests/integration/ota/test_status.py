@@ -16,6 +16,7 @@ import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from flask.testing import FlaskClient
+from prometheus_client import REGISTRY
 
 from functions.runtime import clients, migrate
 from tests.ota_support import JobEvents, sql, unique
@@ -247,8 +248,12 @@ def test_records_that_can_never_apply_go_to_the_dlq_with_their_reason(
     else:
         value["status"] = "done"
     before = job_row(ota_env, job_id)
+    refused = {"reason": reason}
+    counted = REGISTRY.get_sample_value("objectflow_ota_status_dead_letters_total", refused) or 0
 
     assert post(status_app, key, value) == 204  # acknowledged: the record is in the DLQ
+    after = REGISTRY.get_sample_value("objectflow_ota_status_dead_letters_total", refused)
+    assert after == counted + 1
 
     def mine() -> list[Any]:
         if key is not None:

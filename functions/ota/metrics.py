@@ -1,0 +1,18 @@
+"""Prometheus counters of OTA's functions (kept out of the function modules, which
+functions-framework may execute more than once per process). The relay's own metrics live in
+functions/ota/relay.py, a process of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+DEADLINES = Counter(
+    "objectflow_ota_deadlines_total",
+    "Silent jobs ota-deadlines expired, by outcome (redispatched, timed_out: out of retries).",
+    ["outcome"],
+)
+STATUS_DEAD_LETTERS = Counter(
+    "objectflow_ota_status_dead_letters_total",
+    "Device statuses ota-status refused and Kafka acknowledged on device.status.dlq, by reason.",
+    ["reason"],
+)
