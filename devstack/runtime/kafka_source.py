@@ -11,12 +11,17 @@ the sink refuses for good, or has not accepted after the last retry, goes to the
 is committed anyway, as eventing-kafka-broker's `OffsetManager.failedToSendToDeadLetterSink`
 does. The trade-off: a sink outage longer than the retry window dead-letters records (to
 re-drive with `objectflow dlq redrive`) instead of holding the partition.
+
+With `OBJECTFLOW_METRICS_PORT` set it serves Prometheus metrics there, among them the consumer
+group's lag on the source's topics, measured by a thread of its own (the delivery loop may sit
+in one record's retries for minutes, just when the lag grows).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import threading
 from datetime import UTC, datetime
@@ -25,10 +30,12 @@ from typing import Any
 
 import requests
 from cloudevents.http import CloudEvent
-from kafka import ConsumerRebalanceListener, KafkaConsumer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer
+from kafka.admin import OffsetSpec
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client import Gauge, start_http_server
 
 from devstack import wiring
 from devstack.runtime.sources_common import exit_on_bad_settings
@@ -39,8 +46,16 @@ from functions.sources import sink
 KAFKA_EVENT = "dev.knative.kafka.event"
 CE_HEADER = "ce_"  # the binary Kafka binding of CloudEvents: attribute `id` in header `ce_id`
 REQUIRED = ("specversion", "id", "source", "type")
+LAG_INTERVAL = 15.0  # seconds between lag measurements
 
 log = logging.getLogger("objectflow.kafka_source")
+
+LAG = Gauge(
+    "objectflow_kafka_source_lag",
+    "Records of a source's topics its consumer group has not committed yet, per partition "
+    "(what kafka-consumer-groups.sh --describe shows as LAG), measured every 15 s.",
+    ["source", "topic", "partition"],
+)
 
 
 def header_extension(name: str) -> str:
@@ -127,6 +142,47 @@ class CommitOnRevoke(ConsumerRebalanceListener):
 
     def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         log.info("partitions assigned", extra={"partitions": [str(tp) for tp in assigned]})
+
+
+def consumer_lag(
+    admin: KafkaAdminClient, group: str, topics: list[str], initial_offset: str
+) -> dict[TopicPartition, int]:
+    """Latest offset minus the group's committed one per partition of `topics`. A partition
+    the group never committed counts from where it would start (`initial_offset`)."""
+    partitions = [
+        TopicPartition(topic["name"], partition["partition_index"])
+        for topic in admin.describe_topics(topics)
+        for partition in topic["partitions"]
+    ]
+    if not partitions:
+        return {}
+    latest = admin.list_partition_offsets(dict.fromkeys(partitions, OffsetSpec.LATEST))
+    start = OffsetSpec.EARLIEST if initial_offset == "earliest" else OffsetSpec.LATEST
+    starts = admin.list_partition_offsets(dict.fromkeys(partitions, start))
+    committed = admin.list_group_offsets({group: partitions}).get(group, {})
+    lag = {}
+    for tp in partitions:
+        done = committed.get(tp)
+        position = done.offset if done is not None and done.offset >= 0 else starts[tp].offset
+        lag[tp] = max(0, latest[tp].offset - position)
+    return lag
+
+
+def measure_lag(name: str, spec: wiring.KafkaSource, stop: threading.Event) -> None:
+    """Set LAG for the source every LAG_INTERVAL until `stop`; a failed measurement (Kafka
+    unreachable) keeps the last figures and is logged."""
+    admin: KafkaAdminClient | None = None
+    while not stop.is_set():
+        try:
+            admin = admin or KafkaAdminClient(bootstrap_servers=settings.kafka().servers)
+            measured = consumer_lag(admin, spec.consumer_group, spec.topics, spec.initial_offset)
+            for tp, records in measured.items():
+                LAG.labels(name, tp.topic, str(tp.partition)).set(records)
+        except KafkaError as exc:
+            log.warning("consumer lag not measured", extra={"error": repr(exc)})
+        stop.wait(LAG_INTERVAL)
+    if admin is not None:
+        admin.close()
 
 
 class Source:
@@ -227,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     source = Source(args.source, values, url, stop)
+    port = os.environ.get("OBJECTFLOW_METRICS_PORT")
+    if port:
+        start_http_server(int(port))
+        lag = threading.Thread(target=measure_lag, args=(args.source, source.spec, stop))
+        lag.start()
     log.info("kafka source started", extra={"topics": source.spec.topics, "sink": source.url})
     source.run()
     log.info("kafka source stopped")

@@ -12,11 +12,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
+from devstack.process import free_port
+from devstack.runtime.kafka_source import consumer_lag
 from tests.conftest import ROOT
 from tests.support import RecordingSink
 
@@ -28,9 +32,13 @@ def overlay(tmp_path: Path, document: dict[str, object]) -> Path:
 
 
 def start(
-    module: str, args: list[str], sink_url: str, dead_letter_url: str | None = None
+    module: str,
+    args: list[str],
+    sink_url: str,
+    dead_letter_url: str | None = None,
+    metrics: dict[str, int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "K_SINK": sink_url}
+    env = {**os.environ, "K_SINK": sink_url, **{k: str(v) for k, v in (metrics or {}).items()}}
     if dead_letter_url is not None:
         env["OBJECTFLOW_DEAD_LETTER_SINK"] = dead_letter_url
     command = [sys.executable, "-m", module, *args]
@@ -222,6 +230,73 @@ def test_an_unavailable_sink_gets_the_delivery_retries_then_the_record_is_dead_l
         assert letter["id"] == stuck and letter["knativeerrordest"] == sink.url
         partition, offset = split(behind)
         wait_for(lambda: kafka.committed(partition) == offset + 1, what="committed past both")
+        terminate(source)
+    finally:
+        if source.poll() is None:
+            source.kill()
+        kafka.close()
+
+
+def test_consumer_lag_counts_what_the_group_has_not_committed(
+    service_env: dict[str, str], topic: str, tmp_path: Path
+) -> None:
+    kafka, _ = kafka_source(service_env, topic, tmp_path)
+    try:
+        ids = [kafka.produce("device-1", n) for n in range(5)]  # one key: one partition
+        partition, last = split(ids[-1])
+        tp = TopicPartition(topic, partition)
+        first = last - 4
+
+        def lag(initial_offset: str) -> dict[TopicPartition, int]:
+            return consumer_lag(kafka.admin, kafka.group, [topic], initial_offset)
+
+        # Nothing committed: all five from `earliest`, none from `latest`; other partitions 0.
+        assert lag("earliest") == {TopicPartition(topic, p): 5 if p == partition else 0
+                                   for p in range(3)}  # fmt: skip
+        assert sum(lag("latest").values()) == 0
+        group = KafkaConsumer(
+            bootstrap_servers=service_env["KAFKA_BOOTSTRAP_SERVERS"],
+            group_id=kafka.group,
+            enable_auto_commit=False,
+        )
+        group.assign([tp])
+        group.commit({tp: OffsetAndMetadata(first + 3, "", -1)})
+        group.close()
+        assert lag("earliest")[tp] == lag("latest")[tp] == 2
+    finally:
+        kafka.close()
+
+
+def test_with_a_metrics_port_the_source_serves_its_lag(
+    service_env: dict[str, str],
+    topic: str,
+    sink: RecordingSink,
+    tmp_path: Path,
+    wait_for: Callable[..., object],
+) -> None:
+    kafka, values = kafka_source(service_env, topic, tmp_path, {"retry": 20})
+    for n in range(4):
+        kafka.produce("device-2", n)
+    sink.answer = lambda e: 503  # nothing is accepted, so nothing is committed
+    port = free_port()
+    args = ["test-src", "--values", str(values)]
+    source = start(
+        "devstack.runtime.kafka_source", args, sink.url, metrics={"OBJECTFLOW_METRICS_PORT": port}
+    )
+
+    def lag() -> float:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "objectflow_kafka_source_lag"
+            and sample.labels["source"] == "test-src"
+            and sample.labels["topic"] == topic
+        )
+
+    try:
+        wait_for(lambda: lag() == 4, timeout=30, what="a lag of 4 records on /metrics")
         terminate(source)
     finally:
         if source.poll() is None:
