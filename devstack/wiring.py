@@ -527,6 +527,16 @@ class Migrations(Model):
     backoff_limit: int = Field(default=10, ge=0)
 
 
+class Monitoring(Model):
+    enabled: bool = Field(
+        default=False,
+        description="Render the alert rules (rules/objectflow.rules.yaml) as a PrometheusRule",
+    )
+    labels: dict[str, str] = Field(
+        default={}, description="Extra labels of the PrometheusRule (the operator's ruleSelector)"
+    )
+
+
 class DevServiceImages(Model):
     postgresql: str
     redis: str
@@ -575,6 +585,7 @@ class Values(Model):
     network_policies: NetworkPolicies = NetworkPolicies()
     migrations: Migrations = Migrations()
     live_update: bool = False
+    monitoring: Monitoring = Monitoring()
     dev_services: DevServices | None = None
 
     @field_validator("config")

@@ -1,7 +1,10 @@
-"""The chart tier: helm and kubeconform (built once by devstack/install.py), rendering helpers."""
+"""The chart tier: helm and kubeconform (built once by devstack/install.py), promtool (Debian's
+prometheus package, installed once when missing), rendering helpers."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +15,7 @@ import yaml
 
 from devstack import install, kind
 from devstack.config import ROOT
+from tests.chart import schemas
 
 CHART = ROOT / kind.CHART
 VALUES = CHART / "values.yaml"
@@ -43,6 +47,24 @@ def helm() -> Path:
 @pytest.fixture(scope="session")
 def kubeconform() -> Path:
     return tool(install.KUBECONFORM)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Installed with apt when missing (as root; else the error says the apt-get command)."""
+    if not install.PROMTOOL.installed():
+        install.install_apt([install.PROMTOOL])
+    found = shutil.which(install.PROMTOOL.provides)
+    assert found, "apt-get installed prometheus, yet promtool is not on PATH"
+    return Path(found)
+
+
+@pytest.fixture(scope="session")
+def schema_locations() -> list[str]:
+    """Kubernetes schemas of the kind node's version (kind-config.yaml), and the CRDs'."""
+    node = re.search(r"kindest/node:v([\d.]+)", (ROOT / kind.KIND_CONFIG).read_text())
+    assert node, "kind-config.yaml names no kindest/node image"
+    return schemas.kubeconform_locations(node.group(1))
 
 
 def run(*command: str | Path) -> subprocess.CompletedProcess[str]:

@@ -5,6 +5,8 @@
 - Knative: generated from the CRDs inside the Go modules of the releases `objectflow kind up`
   installs (knative.dev/serving, knative.dev/eventing, knative.dev/eventing-kafka-broker), fetched
   from proxy.golang.org; strict like kubectl (no fields a schema does not declare).
+- Prometheus Operator (the PrometheusRule of `monitoring.enabled`): generated the same way from
+  the CRDs in the prometheus-operator module (example/prometheus-operator-crd).
 - skaffold: the schema published for an apiVersion, from the skaffold module of that release.
 """
 
@@ -32,6 +34,7 @@ PROXY = "https://proxy.golang.org"
 SCHEMAS = CACHE / "schemas"
 KNATIVE_MODULES = (kind.SERVING, kind.EVENTING, kind.KAFKA)
 SKAFFOLD_MODULE = ("github.com/GoogleContainerTools/skaffold/v2", "v2.16.1")
+PROMETHEUS_OPERATOR_MODULE = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0")
 OBJECT = (("apiVersion", "string"), ("kind", "string"), ("metadata", "object"))
 
 
@@ -86,10 +89,18 @@ def strict(node: Any) -> Any:
     return node
 
 
-def crds(archive: zipfile.ZipFile) -> Iterator[dict[str, Any]]:
+class CRDLoader(yaml.SafeLoader):
+    """PyYAML resolves a bare `=` (the operator's relabel actions enum) to YAML 1.1's `value`
+    tag, which it cannot construct; to the API server it is the string "="."""
+
+
+CRDLoader.add_constructor("tag:yaml.org,2002:value", CRDLoader.construct_yaml_str)
+
+
+def crds(archive: zipfile.ZipFile, pattern: str = "*/config/*.yaml") -> Iterator[dict[str, Any]]:
     for member in archive.namelist():
-        if fnmatch.fnmatch(member, "*/config/*.yaml") and "/test/" not in member:
-            for document in yaml.safe_load_all(archive.read(member)):
+        if fnmatch.fnmatch(member, pattern) and "/test/" not in member:
+            for document in yaml.load_all(archive.read(member), Loader=CRDLoader):
                 if (
                     isinstance(document, dict)
                     and document.get("kind") == "CustomResourceDefinition"
@@ -104,28 +115,49 @@ def knative() -> Path:
     def build(directory: Path) -> None:
         for release in KNATIVE_MODULES:
             for crd in crds(module_zip(release.module, release.module_version)):
-                group, kind_name = crd["spec"]["group"], crd["spec"]["names"]["kind"].lower()
-                for version in crd["spec"]["versions"]:
-                    schema = version["schema"]["openAPIV3Schema"]
-                    # The API server adds these to every kind; not all CRDs spell them out.
-                    schema.setdefault("properties", {}).update(
-                        {key: schema["properties"].get(key, {"type": t}) for key, t in OBJECT}
-                    )
-                    strict(schema)
-                    path = directory / group / f"{kind_name}_{version['name']}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps(schema))
+                write_crd_schemas(directory, crd)
 
     return cached(f"knative-{pins}", build)
 
 
+def prometheus_operator() -> Path:
+    """`monitoring.coreos.com/<kind>_<version>.json` per CRD of the Prometheus Operator."""
+    module, release = PROMETHEUS_OPERATOR_MODULE
+
+    def build(directory: Path) -> None:
+        archive = module_zip(module, release)
+        for crd in crds(archive, "*/example/prometheus-operator-crd/*.yaml"):
+            write_crd_schemas(directory, crd)
+
+    return cached(f"prometheus-operator-{release}", build)
+
+
+def write_crd_schemas(directory: Path, crd: dict[str, Any]) -> None:
+    """`<group>/<kind>_<version>.json` of every served version of `crd`, strict."""
+    group, kind_name = crd["spec"]["group"], crd["spec"]["names"]["kind"].lower()
+    for version in crd["spec"]["versions"]:
+        schema = version["schema"]["openAPIV3Schema"]
+        # The API server adds these to every kind; not all CRDs spell them out.
+        schema.setdefault("properties", {}).update(
+            {key: schema["properties"].get(key, {"type": t}) for key, t in OBJECT}
+        )
+        strict(schema)
+        path = directory / group / f"{kind_name}_{version['name']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(schema))
+
+
 def kubeconform_locations(kubernetes_version: str) -> list[str]:
-    """kubeconform's `-schema-location`s: Kubernetes kinds first, then Knative's CRDs."""
+    """kubeconform's `-schema-location`s: Kubernetes kinds first, then the CRDs (Knative's,
+    the Prometheus Operator's)."""
+    crd = "{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json"
     return [
         "-schema-location",
         f"{kubernetes(kubernetes_version)}/{{{{ .ResourceKind }}}}{{{{ .KindSuffix }}}}.json",
         "-schema-location",
-        f"{knative()}/{{{{ .Group }}}}/{{{{ .ResourceKind }}}}_{{{{ .ResourceAPIVersion }}}}.json",
+        f"{knative()}/{crd}",
+        "-schema-location",
+        f"{prometheus_operator()}/{crd}",
     ]
 
 

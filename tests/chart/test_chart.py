@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from devstack import kind, wiring
-from devstack.config import ROOT
-from tests.chart import schemas
+from devstack import wiring
 from tests.chart.conftest import (
     CHART,
     DEV,
@@ -34,6 +32,7 @@ RENDERINGS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     **{name: (overlays, ()) for name, overlays in VALUE_SETS.items()},
     "dev+e2e": ((DEV, E2E), ()),
     "pingsource": ((), ("scheduler.mode=pingsource",)),
+    "monitoring": ((), ("monitoring.enabled=true",)),  # the PrometheusRule
     # `scale` as Knative annotations and containerConcurrency; sources into a Knative Service
     "dev+e2e+scaled-direct": (
         (DEV, E2E),
@@ -44,14 +43,6 @@ RENDERINGS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
         ),
     ),
 }
-
-
-@pytest.fixture(scope="session")
-def schema_locations() -> list[str]:
-    """Kubernetes schemas of the kind node's version (kind-config.yaml), and Knative's."""
-    node = re.search(r"kindest/node:v([\d.]+)", (ROOT / kind.KIND_CONFIG).read_text())
-    assert node, "kind-config.yaml names no kindest/node image"
-    return schemas.kubeconform_locations(node.group(1))
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
