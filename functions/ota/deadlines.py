@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from functions.ota import jobs
-from functions.ota.metrics import DEADLINES
 from functions.ota import settings as ota_settings
 from functions.ota.events import DeadlinesChecked
+from functions.ota.metrics import DEADLINES
 from functions.runtime import clients
 from functions.runtime.adapter import Event, Reply, cloudevent_function
 from functions.sources.events import Ping
