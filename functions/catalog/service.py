@@ -47,7 +47,7 @@ def _forget_links(product_id: uuid.UUID) -> None:
 
 def check_product(product_id: uuid.UUID) -> None:
     """404 before a body is read for a product that cannot take images."""
-    if not clients.postgres.transaction(lambda cur: records.live_product(cur, product_id)):
+    if not clients.postgres.read(lambda cur: records.live_product(cur, product_id)):
         raise _no_product(product_id)
 
 
@@ -141,7 +141,7 @@ def links(product_id: uuid.UUID) -> Links:
     cfg = catalog_settings.catalog()
     # The cache is read while PostgreSQL answers: a hit waits for one round trip, not two.
     cached = _cache_reader().submit(_redis_or_none, lambda r: r.get(cache.links_key(product_id)))
-    version = clients.postgres.transaction(lambda cur: records.link_version(cur, product_id))
+    version = clients.postgres.read(lambda cur: records.link_version(cur, product_id))
     if version is None:
         raise _no_product(product_id)
     hit = cache.current_links(cached.result(), version)
