@@ -10,4 +10,5 @@ OPTIONS = {  # --set NAME=VALUE of `objectflow bench`: (default, help)
     "concurrency": (4, "uploads in flight at once (both paths)"),
     "image_kib": (1024, "size of each JPEG"),
     "link_requests": (200, "link lists per measurement (cached, uncached)"),
+    "repeats": (3, "rounds; each measures both paths in turn, so both meet the same load"),
 }

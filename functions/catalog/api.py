@@ -18,10 +18,12 @@ from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 import anyio.to_thread
+import orjson
 import requests
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel, Field
 from starlette.requests import Request
+from starlette.responses import Response
 
 from functions.catalog import records, service, uploads
 from functions.catalog import settings as catalog_settings
@@ -134,10 +136,13 @@ async def upload_image(product_id: uuid.UUID, request: Request) -> dict[str, Any
 
 
 @api.get("/products/{product_id}/images", response_model=ProductLinks)
-async def product_links(product_id: uuid.UUID) -> dict[str, Any]:
+async def product_links(product_id: uuid.UUID) -> Any:
     """Presigned links of all the product's images."""
     found = await _work(service.links, product_id)
-    return {"product_id": found.product_id, "images": found.images, "cached": found.cached}
+    body = {"product_id": found.product_id, "images": found.images, "cached": found.cached}
+    if found.cached:  # checked against ProductLinks when it was listed (below): sent as it is
+        return Response(orjson.dumps(body), media_type="application/json")
+    return body
 
 
 @api.get("/images/{image_id}", response_model=ImageRecord)

@@ -68,3 +68,31 @@ def test_wrong_credential_names_the_setting(variable: str, dependency: str, sett
         clients.probe(dependency)
     assert err.value.setting == setting
     assert "definitely-wrong" not in str(err.value)
+
+
+def test_postgres_read_is_one_statement_and_leaves_the_pool_transactional() -> None:
+    """`read` runs outside a transaction block (autocommit), and the connection it gives back
+    opens transactions again for `transaction`, which still rolls back on error."""
+    assert clients.postgres.read(lambda cur: (cur.execute("SELECT 1"), cur.fetchone())[1]) == (1,)
+    in_block = clients.postgres.read(
+        lambda cur: (cur.execute("SELECT now() = statement_timestamp()"), cur.fetchone())[1][0]
+    )
+    assert in_block is True  # autocommit: the statement is its own transaction
+    table = f"test_read_{uuid.uuid4().hex[:12]}"
+    clients.postgres.transaction(lambda cur: cur.execute(f"CREATE TABLE {table} (n int)"))
+    try:
+        for _ in range(settings.postgres().pool_max + 1):  # every pooled connection, read() first
+            clients.postgres.read(lambda cur: cur.execute("SELECT 1"))
+
+            def insert_then_fail(cur: object) -> None:
+                cur.execute(f"INSERT INTO {table} VALUES (1)")  # type: ignore[attr-defined]
+                raise RuntimeError("undo")
+
+            with pytest.raises(RuntimeError):
+                clients.postgres.transaction(insert_then_fail)
+        count = clients.postgres.read(
+            lambda cur: (cur.execute(f"SELECT count(*) FROM {table}"), cur.fetchone())[1][0]
+        )
+        assert count == 0
+    finally:
+        clients.postgres.transaction(lambda cur: cur.execute(f"DROP TABLE {table}"))
