@@ -123,7 +123,8 @@ class Rows:
     def applied(self, job_ids: list[str]) -> list[tuple[str, float, float]]:
         """(status, device ts, applied at) of every distinct status of the jobs."""
         return self.sql(
-            "SELECT status, extract(epoch FROM reported_at), extract(epoch FROM received_at) "
+            "SELECT status, extract(epoch FROM reported_at)::float8, "
+            "extract(epoch FROM received_at)::float8 "
             "FROM ota.device_statuses WHERE job_id = ANY(%s::uuid[])",
             (job_ids,),
         )
@@ -218,7 +219,6 @@ def publish(payloads: list[tuple[str, bytes]], rate: float) -> float:
     from functions.runtime import clients
 
     client = clients.mqtt.connect()
-    client.max_inflight_messages_set(1000)
     sent = []
     start = time.time() + 0.5
     try:
