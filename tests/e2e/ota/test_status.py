@@ -11,57 +11,16 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 import requests
 
 from devstack.ota import sim
 from functions.ota.statuses import RANK
-from tests.ota_support import JobEvents, sql
+from tests.ota_support import JobEvents, dispatched_jobs, publish, sql, statuses
 from tests.support import s3_client, wait_for
-
-
-@pytest.fixture
-def mqtt_client(stack_env: dict[str, str]) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"e2e-{uuid.uuid4().hex}")
-    client.username_pw_set(stack_env["MQTT_USER"], stack_env["MQTT_PASSWORD"])
-    client.connect("127.0.0.1", 1883)
-    client.loop_start()
-    yield client
-    client.loop_stop()
-    client.disconnect()
-
-
-def publish(client: mqtt.Client, topic: str, payload: dict[str, Any]) -> None:
-    client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(timeout=10)
-
-
-def dispatched_jobs(
-    ota_api: str, env: dict[str, str], device_ids: list[str], firmware: str
-) -> dict[str, str]:
-    """device id -> job id of a mass update due tomorrow (the scheduler leaves it alone), put
-    in `dispatched` as the dispatcher would."""
-    due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    answer = requests.post(
-        f"{ota_api}/jobs",
-        json={"device_ids": device_ids, "firmware_version": firmware, "schedule_time": due},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    jobs = {job["device_id"]: job["id"] for job in answer.json()["jobs"]}
-    sql(env, "UPDATE ota.jobs SET status = 'dispatched', version = version + 1 "
-        "WHERE id = ANY(%s::uuid[])", (list(jobs.values()),))  # fmt: skip
-    return jobs
-
-
-def statuses(env: dict[str, str], job_ids: list[str]) -> dict[str, str]:
-    rows = sql(env, "SELECT id::text, status FROM ota.jobs WHERE id = ANY(%s::uuid[])",
-               (job_ids,))  # fmt: skip
-    return dict(rows)
 
 
 def test_a_status_published_on_mqtt_reaches_the_job_row(
