@@ -116,10 +116,10 @@ def group_members(env: dict[str, str]) -> tuple[str, list[str]]:
 
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     try:
-        [group] = admin.describe_consumer_groups([GROUP])
+        group = admin.describe_groups([GROUP])[GROUP]
     finally:
         admin.close()
-    return group.state, [member.member_id for member in group.members]
+    return group["group_state"], [member["member_id"] for member in group["members"]]
 
 
 def lag(env: dict[str, str]) -> int:
@@ -131,7 +131,7 @@ def lag(env: dict[str, str]) -> int:
     admin = KafkaAdminClient(bootstrap_servers=servers)
     consumer = KafkaConsumer(bootstrap_servers=servers)
     try:
-        committed = admin.list_consumer_group_offsets(GROUP)
+        committed = admin.list_group_offsets({GROUP: None})[GROUP]
         partitions = [TopicPartition("device.status", p)
                       for p in consumer.partitions_for_topic("device.status") or ()]  # fmt: skip
         ends = consumer.end_offsets(partitions)
