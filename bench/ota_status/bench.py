@@ -78,6 +78,29 @@ def ensure_topics(env: dict[str, str]) -> None:
         admin.close()
 
 
+def wait_assigned(env: dict[str, str], group: str, timeout: float = 60) -> None:
+    """Until `group`'s members hold all PARTITIONS: a Kafka source that subscribed while Kafka
+    did not know the topic yet (restarted by someone's outage test) holds none for minutes."""
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            found = admin.describe_groups([group])[group]
+            held = sum(len(topic["partitions"]) for member in found["members"]
+                       for topic in (member["member_assignment"] or {}).get(
+                           "assigned_partitions", []))  # fmt: skip
+            if found["group_state"] == "Stable" and held == PARTITIONS:
+                return
+            if time.monotonic() > deadline:
+                raise DevstackError(f"bench: consumer group {group} holds {held} of {PARTITIONS} "
+                                    "partitions; restart the runtime and run again")  # fmt: skip
+            time.sleep(0.5)
+    finally:
+        admin.close()
+
+
 class Rows:
     """The bench's devices (`bench-ota-NNNNN`, kept, so their MQTT sessions are reused) and
     jobs in the shared ota schema."""
@@ -332,6 +355,7 @@ def run(
     _urls, runtime = runtime_up()
     values = load_values(ROOT / "bench" / "values-bench.yaml")
     pids = runtime_pids(runtime["broker"][0], values)
+    wait_assigned(env, values.sources.kafka[FUNCTION].consumer_group)
     if not all(pids.values()):
         raise DevstackError(f"bench: runtime processes not found: {pids}")
     rows = Rows(env, devices)
@@ -360,6 +384,7 @@ def run(
         try:
             if not ready.wait(60):
                 raise DevstackError("bench: the direct consumer did not join its group in 60 s")
+            wait_assigned(env, group)
             report["direct"] = measure(
                 "direct", rows, firmware, rate=rate, firmware_ms=firmware_ms, warmup=warmup,
                 measured={"consumer": [consumer.pid or 0], "bridge": pids["bridge"]},
