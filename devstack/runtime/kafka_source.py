@@ -7,12 +7,13 @@ partition, as KafkaSource's ordered mode: a record's offset is committed only af
 accepted it or it was dead-lettered. As there, a poll's partitions are delivered side by side
 (a thread each, one record at a time within a partition), so the rate is not one sink round trip
 at a time; the next poll waits for all of them. As the chart's KafkaSource (its `delivery`:
-values' `delivery` with the source's overrides, retried with the Kafka dispatcher's backoff), a record
-the sink refuses for good, or has not accepted after the last retry, goes to the dead-letter sink
-(`OBJECTFLOW_DEAD_LETTER_SINK`) and the partition moves on; when that sink fails too, the offset
-is committed anyway, as eventing-kafka-broker's `OffsetManager.failedToSendToDeadLetterSink`
-does. The trade-off: a sink outage longer than the retry window dead-letters records (to
-re-drive with `objectflow dlq redrive`) instead of holding the partition.
+values' `delivery` with the source's overrides, retried with the Kafka dispatcher's backoff), a
+record the sink refuses for good, or has not accepted after the last retry, goes to the
+dead-letter sink (`OBJECTFLOW_DEAD_LETTER_SINK`) and the partition moves on; when that sink
+fails too, the offset is committed anyway, as eventing-kafka-broker's
+`OffsetManager.failedToSendToDeadLetterSink` does. The trade-off: a sink outage longer than the
+retry window dead-letters records (to re-drive with `objectflow dlq redrive`) instead of holding
+the partition.
 """
 
 from __future__ import annotations
