@@ -29,6 +29,7 @@ SOURCE = "kafka-source-ota-device-status"  # the supervisor's name of the status
 GROUP = "status-processor"
 SESSION_TIMEOUT_S = 10.0  # kafka-python's default session_timeout_ms, as the source runs it
 STEPS = ["downloading", "flashing", "done"]
+pytestmark = pytest.mark.chaos  # short in `make test`, full size in `make chaos`
 
 
 def report(client: mqtt.Client, jobs: dict[str, str], status: str) -> None:
@@ -145,7 +146,7 @@ def lag(env: dict[str, str]) -> int:
     "how",
     [
         pytest.param(signal.SIGTERM, id="redeployed"),  # a rollout: it leaves the group
-        pytest.param(signal.SIGKILL, id="crashed", marks=pytest.mark.chaos),  # it never says so
+        pytest.param(signal.SIGKILL, id="crashed"),  # it never says so: its session times out
     ],
 )
 def test_the_status_consumer_restarted_mid_burst_rejoins_at_once_and_the_lag_drains(
