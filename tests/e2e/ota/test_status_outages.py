@@ -27,7 +27,10 @@ from tests.support import scaled, start_stack, stop_service, wait_for
 
 SOURCE = "kafka-source-ota-device-status"  # the supervisor's name of the status consumer
 GROUP = "status-processor"
-SESSION_TIMEOUT_S = 10.0  # kafka-python's default session_timeout_ms, as the source runs it
+# kafka-python 3's default session_timeout_ms (45 s since KIP-735), as the source runs it: long
+# enough that a busy machine's pauses cause no rebalances of their own.
+SESSION_TIMEOUT_S = 45.0
+REDEPLOYED_REJOIN_S = 10.0  # a consumer that left the group is replaced at once
 STEPS = ["downloading", "flashing", "done"]
 pytestmark = pytest.mark.chaos  # short in `make test`, full size in `make chaos`
 
@@ -177,7 +180,7 @@ def test_the_status_consumer_restarted_mid_burst_rejoins_at_once_and_the_lag_dra
     rejoined = time.time() - started
     assert len(members) == 1  # the old member is gone: one consumer, no storm of rebalances
     # A crashed member holds the group until its session times out; a redeployed one left it.
-    limit = SESSION_TIMEOUT_S * (2 if how == signal.SIGKILL else 1)
+    limit = SESSION_TIMEOUT_S if how == signal.SIGKILL else REDEPLOYED_REJOIN_S
     assert rejoined <= limit, f"rejoined {rejoined:.1f} s after it started"
     wait_for(lambda: set(statuses(stack_env, job_ids).values()) == {"done"},
              timeout=120, interval=0.5, what="every job done after the restart")  # fmt: skip
