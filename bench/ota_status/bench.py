@@ -101,6 +101,33 @@ def wait_assigned(env: dict[str, str], group: str, timeout: float = 60) -> None:
         admin.close()
 
 
+def wait_drained(env: dict[str, str], group: str, topic: str, timeout: float = 600) -> int:
+    """Until `group` has committed everything `topic` holds (records a broken run left behind
+    would otherwise be measured as this run's); the records it had left."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    consumer = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+    deadline, first = time.monotonic() + timeout, None
+    try:
+        while True:
+            committed = admin.list_group_offsets({group: None})[group]
+            ends = consumer.end_offsets(partitions)
+            left = sum(end - (committed[tp].offset if tp in committed else 0)
+                       for tp, end in ends.items())  # fmt: skip
+            first = left if first is None else first
+            if left <= 0:
+                return first
+            if time.monotonic() > deadline:
+                raise DevstackError(f"bench: {group} still has {left} records of {topic} to go")
+            time.sleep(1)
+    finally:
+        consumer.close()
+        admin.close()
+
+
 class Rows:
     """The bench's devices (`bench-ota-NNNNN`, kept, so their MQTT sessions are reused) and
     jobs in the shared ota schema."""
@@ -355,7 +382,10 @@ def run(
     _urls, runtime = runtime_up()
     values = load_values(ROOT / "bench" / "values-bench.yaml")
     pids = runtime_pids(runtime["broker"][0], values)
-    wait_assigned(env, values.sources.kafka[FUNCTION].consumer_group)
+    group = values.sources.kafka[FUNCTION].consumer_group
+    wait_assigned(env, group)
+    if left := wait_drained(env, group, TOPICS["pipeline"]):
+        console.print(f"{group} first worked off {left} records an earlier run left")
     if not all(pids.values()):
         raise DevstackError(f"bench: runtime processes not found: {pids}")
     rows = Rows(env, devices)
@@ -377,14 +407,15 @@ def run(
         rows.clear()
         context = multiprocessing.get_context("spawn")
         ready, stop, out = context.Event(), context.Event(), context.Queue()
-        group = f"bench-direct-{uuid.uuid4().hex[:8]}"
-        consumer = context.Process(target=direct.run,
-                                   args=(TOPICS["direct"], group, ready, stop, out))  # fmt: skip
+        direct_group = f"bench-direct-{uuid.uuid4().hex[:8]}"
+        consumer = context.Process(
+            target=direct.run, args=(TOPICS["direct"], direct_group, ready, stop, out)
+        )
         consumer.start()
         try:
             if not ready.wait(60):
                 raise DevstackError("bench: the direct consumer did not join its group in 60 s")
-            wait_assigned(env, group)
+            wait_assigned(env, direct_group)
             report["direct"] = measure(
                 "direct", rows, firmware, rate=rate, firmware_ms=firmware_ms, warmup=warmup,
                 measured={"consumer": [consumer.pid or 0], "bridge": pids["bridge"]},
