@@ -1,6 +1,7 @@
 """The benchmarks, found by convention: one folder per benchmark, `bench/<name>/`.
 
-- `bench/<name>/__init__.py`: a docstring (its first paragraph is the summary in `--help`),
+- `bench/<name>/__init__.py` (underscores in the folder are dashes in the name: `bench/ota_status/`
+  is `--only ota-status`): a docstring (its first paragraph is the summary in `--help`),
   `OPTIONS = {"key": (default, "help")}` (the benchmark's own `--set key=value` settings; the
   default's type is the value's) and an optional `ORDER` (lower runs first, default 100). Kept
   free of heavy imports: `objectflow --help` reads it.
@@ -25,12 +26,13 @@ HERE = Path(__file__).resolve().parent
 @dataclass(frozen=True)
 class Bench:
     name: str
+    package: str  # bench.<package>: the folder
     summary: str
     order: int
     options: dict[str, tuple[Any, str]]
 
     def run(self, console: Any, *, seconds: float, warmup: float, **settings: Any) -> bool:
-        module = importlib.import_module(f"bench.{self.name}.bench")
+        module = importlib.import_module(f"bench.{self.package}.bench")
         options = {key: default for key, (default, _help) in self.options.items()} | settings
         return bool(module.run(console, seconds=seconds, warmup=warmup, **options))
 
@@ -39,11 +41,12 @@ def discover() -> list[Bench]:
     """Every benchmark, in ORDER."""
     found = []
     for path in HERE.glob("*/bench.py"):
-        name = path.parent.name
-        package = importlib.import_module(f"bench.{name}")
+        folder = path.parent.name
+        name = folder.replace("_", "-")
+        package = importlib.import_module(f"bench.{folder}")
         summary = " ".join((package.__doc__ or name).split("\n\n")[0].split()).rstrip(".")
         options = dict(getattr(package, "OPTIONS", {}))
-        found.append(Bench(name, summary, getattr(package, "ORDER", 100), options))
+        found.append(Bench(name, folder, summary, getattr(package, "ORDER", 100), options))
     return sorted(found, key=lambda b: (b.order, b.name))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from devstack.camera import sim as camera_sim
 from devstack.config import HOST, PATHS, ROOT, read_env_file
 from devstack.errors import DevstackError
+from devstack.ota import sim as ota_sim
 from devstack.process import free_port
 from devstack.wiring import Values
 from devstack.wiring import load as load_values
@@ -26,6 +27,7 @@ __all__ = [
     "camera_sim",
     "free_port",
     "load_values",
+    "ota_sim",
     "read_env_file",
     "runtime_pid",
 ]

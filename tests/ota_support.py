@@ -7,6 +7,7 @@ import json
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg2
@@ -195,3 +196,46 @@ def post_event(client: Any, data: dict[str, Any], ce_type: str | None = None) ->
     }
     headers, body = to_binary(CloudEvent(attributes, data))
     return client.post("/", headers=headers, data=body)
+
+
+def publish(client: Any, topic: str, payload: dict[str, Any]) -> None:
+    """One QoS 1 publish, returned once the broker acknowledged it."""
+    client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(timeout=10)
+
+
+def dispatched_jobs(
+    ota_api: str, env: dict[str, str], device_ids: list[str], firmware: str
+) -> dict[str, str]:
+    """device id -> job id of a mass update due tomorrow (the scheduler leaves it alone), put
+    in `dispatched` as the dispatcher would."""
+    import requests
+
+    due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    answer = requests.post(
+        f"{ota_api}/jobs",
+        json={"device_ids": device_ids, "firmware_version": firmware, "schedule_time": due},
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    jobs = {job["device_id"]: job["id"] for job in answer.json()["jobs"]}
+    sql(env, "UPDATE ota.jobs SET status = 'dispatched', version = version + 1 "
+        "WHERE id = ANY(%s::uuid[])", (list(jobs.values()),))  # fmt: skip
+    return jobs
+
+
+def statuses(env: dict[str, str], job_ids: list[str]) -> dict[str, str]:
+    """job id -> its status."""
+    rows = sql(env, "SELECT id::text, status FROM ota.jobs WHERE id = ANY(%s::uuid[])",
+               (job_ids,))  # fmt: skip
+    return dict(rows)
+
+
+def applied(env: dict[str, str], job_ids: list[str]) -> dict[str, list[str]]:
+    """job id -> the statuses ota-status applied to it, in the order it applied them."""
+    rows = sql(env, "SELECT job_id::text, detail->>'status' FROM ota.job_events "
+               "WHERE job_id = ANY(%s::uuid[]) AND type = 'status.applied' ORDER BY id",
+               (job_ids,))  # fmt: skip
+    found: dict[str, list[str]] = {j: [] for j in job_ids}
+    for job_id, status in rows:
+        found[job_id].append(status)
+    return found

@@ -4,13 +4,16 @@
 
 One consumer group per source (`consumer-group`). Delivery is at least once and ordered per
 partition, as KafkaSource's ordered mode: a record's offset is committed only after the sink
-accepted it or it was dead-lettered. As the chart's KafkaSource (its `delivery`: values'
-`delivery` with the source's overrides, retried with the Kafka dispatcher's backoff), a record
-the sink refuses for good, or has not accepted after the last retry, goes to the dead-letter sink
-(`OBJECTFLOW_DEAD_LETTER_SINK`) and the partition moves on; when that sink fails too, the offset
-is committed anyway, as eventing-kafka-broker's `OffsetManager.failedToSendToDeadLetterSink`
-does. The trade-off: a sink outage longer than the retry window dead-letters records (to
-re-drive with `objectflow dlq redrive`) instead of holding the partition.
+accepted it or it was dead-lettered. As there, a poll's partitions are delivered side by side
+(a thread each, one record at a time within a partition), so the rate is not one sink round trip
+at a time; the next poll waits for all of them. As the chart's KafkaSource (its `delivery`:
+values' `delivery` with the source's overrides, retried with the Kafka dispatcher's backoff), a
+record the sink refuses for good, or has not accepted after the last retry, goes to the
+dead-letter sink (`OBJECTFLOW_DEAD_LETTER_SINK`) and the partition moves on; when that sink
+fails too, the offset is committed anyway, as eventing-kafka-broker's
+`OffsetManager.failedToSendToDeadLetterSink` does. The trade-off: a sink outage longer than the
+retry window dead-letters records (to re-drive with `objectflow dlq redrive`) instead of holding
+the partition.
 
 With `OBJECTFLOW_METRICS_PORT` set it serves Prometheus metrics there, among them the consumer
 group's lag on the source's topics, measured by a thread of its own (the delivery loop may sit
@@ -24,6 +27,7 @@ import logging
 import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,19 +120,22 @@ class Acknowledged:
     def __init__(self, consumer: KafkaConsumer) -> None:
         self._consumer = consumer
         self._pending: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._lock = threading.Lock()  # partitions ack and commit from their own threads
 
     def ack(self, record: ConsumerRecord) -> None:
         tp = TopicPartition(record.topic, record.partition)
-        self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
+        with self._lock:
+            self._pending[tp] = OffsetAndMetadata(record.offset + 1, "", -1)
 
     def commit(self) -> None:
-        if not self._pending:
-            return
-        try:
-            self._consumer.commit(dict(self._pending))
-        except KafkaError as exc:  # e.g. a rebalance took the partition: it is redelivered
-            log.warning("offset commit failed", extra={"error": repr(exc)})
-        self._pending.clear()
+        with self._lock:
+            if not self._pending:
+                return
+            try:
+                self._consumer.commit(dict(self._pending))
+            except KafkaError as exc:  # e.g. a rebalance took the partition: it is redelivered
+                log.warning("offset commit failed", extra={"error": repr(exc)})
+            self._pending.clear()
 
 
 class CommitOnRevoke(ConsumerRebalanceListener):
@@ -206,19 +213,33 @@ class Source:
             max_poll_interval_ms=int(max(300.0, patience + 60) * 1000),
         )
         self.acknowledged = Acknowledged(self.consumer)
-        self.session = requests.Session()
+        self._local = threading.local()  # a keep-alive session per delivering thread
+        self._sessions: list[requests.Session] = []
+
+    @property
+    def session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+            self._sessions.append(self._local.session)
+        return self._local.session  # type: ignore[no-any-return]
 
     def run(self) -> None:
         self.consumer.subscribe(self.spec.topics, listener=CommitOnRevoke(self.acknowledged))
+        pool = ThreadPoolExecutor(thread_name_prefix=f"kafka-source-{self.name}")
         try:
             while not self.stop.is_set():
-                for tp, records in self.consumer.poll(timeout_ms=500).items():
-                    self._deliver_partition(tp, records)
+                polled = self.consumer.poll(timeout_ms=500)
+                # the poll's partitions side by side; the next poll waits for all of them
+                for done in [pool.submit(self._deliver_partition, tp, records)
+                             for tp, records in polled.items()]:  # fmt: skip
+                    done.result()
                 self.acknowledged.commit()
         finally:
+            pool.shutdown()
             self.acknowledged.commit()
             self.consumer.close(autocommit=False)
-            self.session.close()
+            for session in self._sessions:
+                session.close()
 
     def _deliver_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:

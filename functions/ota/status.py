@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from functions.ota import settings as ota_settings
 from functions.ota import statuses
-from functions.ota.events import StatusDeadLetter
+from functions.ota.events import DeviceStatus, StatusDeadLetter
 from functions.ota.metrics import STATUS_DEAD_LETTERS
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
@@ -85,20 +85,26 @@ def _fast_path_remember(key: str) -> None:
         log.warning("status fast path not updated", extra={"error": repr(exc)})
 
 
+def handle(value: Any, device_id: str | None) -> tuple[DeviceStatus, statuses.Handled]:
+    """Apply one device.status record (its value and key); raises statuses.Refused."""
+    status = statuses.parse(value, device_id)
+    key = statuses.dedup_key(status)
+    if _fast_path_hit(key):
+        return status, statuses.Handled("duplicate", None)
+    attempts = ota_settings.status().lock_retries
+    handled = clients.postgres.transaction(
+        lambda cur: statuses.apply(cur, str(device_id), status, attempts)
+    )
+    _fast_path_remember(key)
+    return status, handled
+
+
 @cloudevent_function(NAME, accepts=["dev.knative.kafka.event"], raw_data=True)
 def ota_status(event: Event[Any]) -> None:  # data: a KafkaRecord, or bytes (raw_data)
     value = event.data.root if isinstance(event.data, KafkaRecord) else event.data
     device_id = event.extensions.get("key")
     try:
-        status = statuses.parse(value, device_id)
-        key = statuses.dedup_key(status)
-        if _fast_path_hit(key):
-            log.info("duplicate status", extra={"job_id": status.job_id, "fast_path": True})
-            return
-        attempts = ota_settings.status().lock_retries
-        handled = clients.postgres.transaction(
-            lambda cur: statuses.apply(cur, str(device_id), status, attempts)
-        )
+        status, handled = handle(value, device_id)
     except statuses.Refused as refused:
         dead_letter(event, value, refused)
         log.warning(
@@ -106,10 +112,9 @@ def ota_status(event: Event[Any]) -> None:  # data: a KafkaRecord, or bytes (raw
             extra={"reason": refused.reason, "detail": refused.detail, "device_id": device_id},
         )
         return
-    _fast_path_remember(key)
     job = handled.job
     log.info(
         "status handled",
         extra={"outcome": handled.outcome, "status": status.status, "job_id": status.job_id,
-               "job_status": job.status if job else None},
+               "job_status": job.status if job else None, "fast_path": job is None},
     )  # fmt: skip

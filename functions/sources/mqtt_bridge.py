@@ -11,7 +11,12 @@ new message, even with byte-identical payload, gets the next free one. A route's
 
 A route with `kafka-topic` produces to Kafka instead (the OTA device statuses): the payload as it
 came, the partition segment as record key, no judgement but the topic's; the message is
-acknowledged once Kafka acknowledged the record (acks=all), retried until then.
+acknowledged once Kafka acknowledged the record (acks=all), retried until then. Those sends are
+pipelined (the broker's in-flight window, not one Kafka round trip per message, bounds the
+rate): each message is acknowledged on MQTT once its record and every earlier one are on Kafka,
+in arrival order; when a send fails, it and every later unacknowledged one are sent again in
+order, one at a time with retries (the idempotent producer keeps a partition in order
+otherwise).
 
 What the sink can never accept (a final 4xx, or an event above the broker class's size limit,
 which the Kafka broker answers with a 503 like an outage) goes to the dead-letter sink and is
@@ -25,12 +30,14 @@ routes, the `KAFKA_*` ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import queue
 import sys
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +59,7 @@ from functions.sources.routes import MqttBridge, MqttRoute
 
 SOURCE = "mqtt-bridge"
 ROUTES_ENV = "OBJECTFLOW_MQTT_ROUTES"
+MAX_IN_FLIGHT = 1000  # Kafka sends not yet acknowledged (Mosquitto's window is smaller: 20)
 log = logging.getLogger("objectflow.sources.mqtt_bridge")
 
 
@@ -142,6 +150,16 @@ def to_cloudevent(
 
 
 @dataclass
+class InFlight:
+    """A message of a Kafka route whose record was sent and is not yet acknowledged."""
+
+    message: MQTTMessage
+    topic: str
+    event: CloudEvent
+    future: Any  # kafka-python's FutureRecordMetadata
+
+
+@dataclass
 class Bridge:
     config: BridgeSettings
     sink_url: str
@@ -153,6 +171,7 @@ class Bridge:
         self.session = requests.Session()
         self.client: Any = None
         self.kafka: Any = None  # the producer of the Kafka routes, made on first use
+        self.in_flight: deque[InFlight] = deque()  # arrival order
 
     # paho callbacks run on its network thread: keep them short, never block on the sink.
 
@@ -209,29 +228,83 @@ class Bridge:
         return client
 
     def handle(self, message: MQTTMessage) -> None:
-        """Forward one message, then ack it; raises SinkUnavailable only when stopping."""
+        """Forward one message, then ack it (a Kafka route's: once Kafka has it, see `settle`);
+        raises SinkUnavailable only when stopping."""
         route = match_route(self.config.routes, message.topic)
         if route is None:  # a subscription left in the persistent session by an older config
             log.warning("no route for topic, dropping", extra={"topic": message.topic})
-            outcome = "skipped"
-        else:
-            event = to_cloudevent(
-                route, message.topic, bytes(message.payload), self.origin, message.mid
-            )
-            with objectflow_logging.event_context(
-                event_id=event["id"],
-                event_type=event["type"],
-                event_source=event["source"],
-                event_subject=event.get("subject"),
-                traceparent=event["traceparent"],
-                topic=message.topic,
-            ):
-                if route.kafka_topic is None:
-                    outcome = self.forward(event)
-                else:
-                    outcome = self.produce(route.kafka_topic, event, bytes(message.payload))
+            self.settle(wait=True)  # acks go out in arrival order
+            self._ack(message, "skipped")
+            return
+        event = to_cloudevent(
+            route, message.topic, bytes(message.payload), self.origin, message.mid
+        )
+        with objectflow_logging.event_context(
+            event_id=event["id"],
+            event_type=event["type"],
+            event_source=event["source"],
+            event_subject=event.get("subject"),
+            traceparent=event["traceparent"],
+            topic=message.topic,
+        ):
+            if route.kafka_topic is not None and self.send(route.kafka_topic, message, event):
+                return  # in flight: acknowledged by `settle`
+            self.settle(wait=True)
+            if route.kafka_topic is None:
+                outcome = self.forward(event)
+            else:
+                outcome = self.produce(route.kafka_topic, event, bytes(message.payload))
+        self._ack(message, outcome)
+
+    def _ack(self, message: MQTTMessage, outcome: str) -> None:
         sink.MESSAGES.labels(SOURCE, outcome).inc()
         self.client.ack(message.mid, message.qos)
+
+    def _producer(self) -> Any:
+        if self.kafka is None:
+            self.kafka = clients.kafka.producer(SOURCE)
+        return self.kafka
+
+    def send(self, topic: str, message: MQTTMessage, event: CloudEvent) -> bool:
+        """Send the record without waiting for Kafka; False when the producer refused it at
+        once (no metadata, buffer full: Kafka is down), which `produce` then retries."""
+        from kafka.errors import KafkaError
+
+        key = event.get("partitionkey")
+        try:
+            future = self._producer().send(
+                topic, key=key.encode() if key else None, value=bytes(message.payload)
+            )
+        except KafkaError:
+            return False
+        self.in_flight.append(InFlight(message, topic, event, future))
+        return True
+
+    def settle(self, *, wait: bool) -> None:
+        """Ack, in arrival order, the in-flight messages Kafka has acknowledged (`wait`: all of
+        them, waiting for each). From the first failed send on, every one still in flight is
+        produced again in order with retries; raises SinkUnavailable only when stopping."""
+        while self.in_flight:
+            head = self.in_flight[0]
+            if not head.future.is_done:
+                if not wait:
+                    return
+                with contextlib.suppress(Exception):  # a failed send is handled below
+                    head.future.get(timeout=30)
+            if not head.future.is_done or head.future.failed():
+                log.warning(
+                    "Kafka did not take a message, sending it and the later ones again",
+                    extra={"topic": head.topic, "error": repr(head.future.exception),
+                           "in_flight": len(self.in_flight)},
+                )  # fmt: skip
+                while self.in_flight:
+                    item = self.in_flight[0]
+                    outcome = self.produce(item.topic, item.event, bytes(item.message.payload))
+                    self.in_flight.popleft()
+                    self._ack(item.message, outcome)
+                return
+            self.in_flight.popleft()
+            self._ack(head.message, "forwarded")
 
     def forward(self, event: CloudEvent) -> str:
         try:
@@ -256,9 +329,7 @@ class Bridge:
         key = event.get("partitionkey")
 
         def send() -> None:
-            if self.kafka is None:
-                self.kafka = clients.kafka.producer(SOURCE)
-            future = self.kafka.send(topic, key=key.encode() if key else None, value=payload)
+            future = self._producer().send(topic, key=key.encode() if key else None, value=payload)
             future.get(timeout=15)
 
         try:
@@ -322,13 +393,19 @@ class Bridge:
 
     def work(self) -> None:
         # One worker, FIFO: messages keep their arrival order (per topic, as MQTT guarantees).
-        for message in iter(self.inbox.get, None):
-            if self.stopping.is_set():
-                return
-            try:
+        try:
+            while True:
+                try:  # while sends are in flight, do not sleep on an empty inbox
+                    message = self.inbox.get(block=not self.in_flight)
+                except queue.Empty:
+                    self.settle(wait=True)
+                    continue
+                if message is None or self.stopping.is_set():
+                    return
                 self.handle(message)
-            except sink.SinkUnavailable:
-                return  # stopping: not acked, the broker redelivers it to the next run
+                self.settle(wait=len(self.in_flight) >= MAX_IN_FLIGHT)
+        except sink.SinkUnavailable:
+            return  # stopping: not acked, the broker redelivers it to the next run
 
     def run(self) -> None:
         try:

@@ -41,6 +41,6 @@ def test_run_passes_defaults_overridden_by_settings(monkeypatch: pytest.MonkeyPa
     fake = types.ModuleType("bench.fake.bench")
     fake.run = lambda console, **kwargs: seen.update(kwargs) or True  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "bench.fake.bench", fake)
-    bench = registry.Bench("fake", "a fake", 1, {"a": (1, ""), "b": (2.0, "")})
+    bench = registry.Bench("fake", "fake", "a fake", 1, {"a": (1, ""), "b": (2.0, "")})
     assert bench.run(None, seconds=1.0, warmup=0.5, b=3.0)
     assert seen == {"seconds": 1.0, "warmup": 0.5, "a": 1, "b": 3.0}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
+import paho.mqtt.client as mqtt
 import pytest
 import requests
 
@@ -42,3 +44,15 @@ def devices(ota_api: str) -> Callable[[int], list[str]]:
         return made
 
     return register
+
+
+@pytest.fixture
+def mqtt_client(stack_env: dict[str, str]) -> Iterator[mqtt.Client]:
+    """A connected publisher (the stack's device user), reconnecting after a broker restart."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"e2e-{uuid.uuid4().hex}")
+    client.username_pw_set(stack_env["MQTT_USER"], stack_env["MQTT_PASSWORD"])
+    client.connect("127.0.0.1", 1883)
+    client.loop_start()
+    yield client
+    client.loop_stop()
+    client.disconnect()

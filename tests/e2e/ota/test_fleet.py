@@ -24,7 +24,7 @@ from devstack.ota import sim
 from devstack.runtime import ticker
 from functions.ota.statuses import RANK
 from tests.e2e.conftest import OVERLAY
-from tests.ota_support import JobEvents, sql
+from tests.ota_support import JobEvents, applied, sql
 from tests.support import scaled, wait_for
 
 FINAL = {"done", "error", "timed_out", "cancelled"}
@@ -34,17 +34,6 @@ def job_rows(env: dict[str, str], job_ids: list[str]) -> dict[str, tuple[Any, ..
     rows = sql(env, "SELECT id::text, status, version, updated_at, retries FROM ota.jobs "
                "WHERE id = ANY(%s::uuid[])", (job_ids,))  # fmt: skip
     return {row[0]: row[1:] for row in rows}
-
-
-def applied(env: dict[str, str], job_ids: list[str]) -> dict[str, list[str]]:
-    """job id -> the statuses ota-status applied to it, in the order it applied them."""
-    rows = sql(env, "SELECT job_id::text, detail->>'status' FROM ota.job_events "
-               "WHERE job_id = ANY(%s::uuid[]) AND type = 'status.applied' ORDER BY id",
-               (job_ids,))  # fmt: skip
-    found: dict[str, list[str]] = {j: [] for j in job_ids}
-    for job_id, status in rows:
-        found[job_id].append(status)
-    return found
 
 
 def firmwares(env: dict[str, str], device_ids: list[str]) -> dict[str, str | None]:

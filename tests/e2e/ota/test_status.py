@@ -8,60 +8,21 @@ commands published here, as ota-dispatcher would (docs/ota.md, "Device protocol"
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 import requests
 
 from devstack.ota import sim
 from functions.ota.statuses import RANK
-from tests.ota_support import JobEvents, sql
-from tests.support import s3_client, wait_for
-
-
-@pytest.fixture
-def mqtt_client(stack_env: dict[str, str]) -> Iterator[mqtt.Client]:
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"e2e-{uuid.uuid4().hex}")
-    client.username_pw_set(stack_env["MQTT_USER"], stack_env["MQTT_PASSWORD"])
-    client.connect("127.0.0.1", 1883)
-    client.loop_start()
-    yield client
-    client.loop_stop()
-    client.disconnect()
-
-
-def publish(client: mqtt.Client, topic: str, payload: dict[str, Any]) -> None:
-    client.publish(topic, json.dumps(payload), qos=1).wait_for_publish(timeout=10)
-
-
-def dispatched_jobs(
-    ota_api: str, env: dict[str, str], device_ids: list[str], firmware: str
-) -> dict[str, str]:
-    """device id -> job id of a mass update due tomorrow (the scheduler leaves it alone), put
-    in `dispatched` as the dispatcher would."""
-    due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
-    answer = requests.post(
-        f"{ota_api}/jobs",
-        json={"device_ids": device_ids, "firmware_version": firmware, "schedule_time": due},
-        timeout=30,
-    )
-    assert answer.status_code == 201, answer.text
-    jobs = {job["device_id"]: job["id"] for job in answer.json()["jobs"]}
-    sql(env, "UPDATE ota.jobs SET status = 'dispatched', version = version + 1 "
-        "WHERE id = ANY(%s::uuid[])", (list(jobs.values()),))  # fmt: skip
-    return jobs
-
-
-def statuses(env: dict[str, str], job_ids: list[str]) -> dict[str, str]:
-    rows = sql(env, "SELECT id::text, status FROM ota.jobs WHERE id = ANY(%s::uuid[])",
-               (job_ids,))  # fmt: skip
-    return dict(rows)
+from tests.ota_support import JobEvents, dispatched_jobs, publish, sql, statuses
+from tests.support import s3_client, scaled, wait_for
 
 
 def test_a_status_published_on_mqtt_reaches_the_job_row(
@@ -97,10 +58,19 @@ def test_a_status_published_on_mqtt_reaches_the_job_row(
 def test_records_that_can_never_apply_reach_the_dlq_through_kafka(
     ota_api: str, firmware: str, devices: Callable[..., list[str]], stack_env: dict[str, str]
 ) -> None:
+    """Each kind of bad input the issue names, in device.status.dlq with its reason; no job
+    changed."""
     from kafka import KafkaProducer
 
-    device, other = devices(2)
+    device, other, idle = devices(3)
     job_id = dispatched_jobs(ota_api, stack_env, [device], firmware)[device]
+    due = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    answer = requests.post(f"{ota_api}/jobs", timeout=30, json={
+        "device_ids": [idle], "firmware_version": firmware, "schedule_time": due})  # fmt: skip
+    assert answer.status_code == 201, answer.text
+    idle_job = answer.json()["jobs"][0]["id"]  # scheduled: never dispatched
+    rows = "SELECT id::text, status, version, updated_at FROM ota.jobs WHERE id = ANY(%s::uuid[])"
+    before = sql(stack_env, rows, ([job_id, idle_job],))
     dlq = JobEvents(stack_env, topic="device.status.dlq")
     producer = KafkaProducer(bootstrap_servers=stack_env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     try:
@@ -108,18 +78,85 @@ def test_records_that_can_never_apply_reach_the_dlq_through_kafka(
         good = {"job_id": job_id, "message_id": "cmd-1", "status": "downloading", "ts": now}
         for key, value in (
             (device, b"not json at all"),
+            (device, json.dumps({**good, "job_id": str(uuid.uuid4())}).encode()),
             (other, json.dumps(good).encode()),
             (device, json.dumps({**good, "status": "rebooting"}).encode()),
+            (idle, json.dumps({**good, "job_id": idle_job, "status": "done"}).encode()),
         ):
             producer.send("device.status", key=key.encode(), value=value).get(timeout=10)
-        wait_for(lambda: len(dlq.of([device, other])) >= 3, timeout=30, what="3 DLQ records")
-        reasons = sorted((r.key, r.value["reason"]) for r in dlq.of([device, other]))
-        assert reasons == sorted([(device, "not-json"), (other, "wrong-device"),
-                                  (device, "unknown-status")])  # fmt: skip
-        assert statuses(stack_env, [job_id])[job_id] == "dispatched"
+        mine = [device, other, idle]
+        wait_for(lambda: len(dlq.of(mine)) >= 5, timeout=30, what="5 DLQ records")
+        reasons = sorted((r.key, r.value["reason"]) for r in dlq.of(mine))
+        assert reasons == sorted([(device, "not-json"), (device, "unknown-job"),
+                                  (other, "wrong-device"), (device, "unknown-status"),
+                                  (idle, "never-dispatched")])  # fmt: skip
+        assert sql(stack_env, rows, ([job_id, idle_job],)) == before
     finally:
         producer.close()
         dlq.close()
+
+
+def test_replaying_the_whole_device_status_topic_from_offset_0_changes_no_job(
+    stack_env: dict[str, str],
+) -> None:
+    """Every record device.status holds (every run's, everyone's) produced again: the jobs
+    they name keep their status and version, no status is applied, no job completes again."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    servers = stack_env["KAFKA_BOOTSTRAP_SERVERS"].split(",")
+    reader = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    partitions = [TopicPartition("device.status", p)
+                  for p in sorted(reader.partitions_for_topic("device.status") or ())]  # fmt: skip
+    reader.assign(partitions)
+    reader.seek_to_beginning(*partitions)
+    ends = reader.end_offsets(partitions)
+    records = []
+    while any(reader.position(tp) < ends[tp] for tp in partitions):
+        for batch in reader.poll(timeout_ms=1000, max_records=5000).values():
+            records.extend(
+                r for r in batch if r.offset < ends[TopicPartition(r.topic, r.partition)]
+            )
+    reader.close()
+    job_ids = set()
+    for record in records:
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            job_ids.add(str(uuid.UUID(json.loads(record.value)["job_id"])))
+    # Jobs that are final stay as they are whatever arrives; an unfinished one may still time
+    # out meanwhile (ota-deadlines), which is no status applied, so only its statuses count.
+    final = sorted(j for (j,) in sql(stack_env, "SELECT id::text FROM ota.jobs WHERE id = "
+                   "ANY(%s::uuid[]) AND status IN ('done', 'error', 'timed_out', 'cancelled')",
+                   (sorted(job_ids),)))  # fmt: skip
+    assert final, "device.status names no finished job"
+
+    def snapshot() -> tuple[Any, ...]:
+        jobs = sql(stack_env, "SELECT id::text, status, version, updated_at FROM ota.jobs "
+                   "WHERE id = ANY(%s::uuid[]) ORDER BY id", (final,))  # fmt: skip
+        changes = sql(stack_env, "SELECT count(*) FROM ota.job_events WHERE job_id = "
+                      "ANY(%s::uuid[]) AND type = 'status.applied'",
+                      (sorted(job_ids),))  # fmt: skip
+        ends = sql(stack_env, "SELECT count(*) FROM ota.event_outbox WHERE aggregate_id = "
+                   "ANY(%s) AND event_type = 'job.completed'", (final,))  # fmt: skip
+        return jobs, changes, ends
+
+    before = snapshot()
+    dlq = JobEvents(stack_env, topic="device.status.dlq")
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all")
+    marker = f"replayed-{uuid.uuid4().hex[:8]}"
+    try:
+        for record in records:  # in each partition's order, to the same partition
+            producer.send("device.status", key=record.key, value=record.value,
+                          partition=record.partition)  # fmt: skip
+        for tp in partitions:  # after the replay in every partition: a record the DLQ takes
+            producer.send("device.status", key=marker.encode(), value=marker.encode(),
+                          partition=tp.partition)  # fmt: skip
+        producer.flush(timeout=60)
+        wait_for(lambda: len(dlq.of([marker])) >= len(partitions),
+                 timeout=scaled(120, 600), interval=1,
+                 what=f"the replay of {len(records)} records handled")  # fmt: skip
+    finally:
+        producer.close()
+        dlq.close()
+    assert snapshot() == before
 
 
 def test_simulated_devices_download_verify_and_report_over_a_flaky_link(
