@@ -322,7 +322,7 @@ def minio(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> 
 
 def ferretdb(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> ServiceSpec:
     """FerretDB on PostgreSQL: its pg handler turns equality filters (`{status: ...}`) and updates
-    by `_id` into SQL over indexes, where the SQLite handler decodes the whole collection in Go
+    by `_id` into SQL jsonb filters, where the SQLite handler decodes the whole collection in Go
     and takes turns on one writer (bench/README.md, detections)."""
     backend = (
         f"postgres://{stack.db_user}:{stack.db_password}@{HOST}:{stack.ports['postgres']}"
