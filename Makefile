@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos check dlq tick kind-up kind-down
+.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos check dlq tick simulate kind-up kind-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ tick: bootstrap ## fire one schedule's cron tick now: make tick SCHEDULE=camera-
 
 demo: up ## bring the stack up and run every domain's demo (devstack/<domain>/demo.py)
 	@$(RUN) objectflow demo
+
+simulate: bootstrap ## simulated OTA devices: make simulate COUNT=50 ARGS="--fail-rate 0.05 --register"
+	@$(RUN) objectflow simulate devices --count $(or $(COUNT),50) $(ARGS)
 
 kind-up: bootstrap ## local Knative cluster on kind + registry, chart installed with dev values (Docker)
 	@$(RUN) objectflow kind up

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from devstack import dlq, kind, stack
+from devstack import dlq, kind, simulate, stack
 from devstack.config import PATHS, ROOT, read_env_file
 from devstack.demo import names as demo_names
 from devstack.errors import DevstackError
@@ -30,6 +30,7 @@ app = typer.Typer(
 console = Console()
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(kind.app, name="kind")
+app.add_typer(simulate.app, name="simulate")
 # A domain's own commands: devstack/<domain>/cli.py with a typer `app`, as `objectflow <domain>`
 # (found by convention, like the demos: a new domain adds its file, nothing here changes).
 for _cli in sorted(Path(__file__).resolve().parent.glob("*/cli.py")):

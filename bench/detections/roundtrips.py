@@ -10,7 +10,7 @@ document with the server time they took. Removes what it made.
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 import uuid
 from collections import Counter
@@ -102,4 +102,9 @@ def main(documents: int = 300, history: int = 0, threads: int = 8) -> None:
 
 
 if __name__ == "__main__":
-    main(*(int(arg) for arg in sys.argv[1:4]))
+    parser = argparse.ArgumentParser(description="MongoDB commands and S3 requests per document")
+    parser.add_argument("documents", type=int, nargs="?", default=300, help="documents written")
+    parser.add_argument("history", type=int, nargs="?", default=0, help="documents already there")
+    parser.add_argument("threads", type=int, nargs="?", default=8, help="concurrent writers")
+    args = parser.parse_args()
+    main(args.documents, args.history, args.threads)

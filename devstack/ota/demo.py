@@ -1,14 +1,21 @@
 """The OTA step of `objectflow demo` (docs/ota.md): against the running runtime, upload a
 firmware, register devices in two time zones, create an immediate, a timed and a cron job and
-a mass update, then print each job's events as they arrive on Kafka `job.events`."""
+a mass update, then print each job's events as they arrive on Kafka `job.events`; then a mass
+update of 50 simulated devices (devstack/ota/sim.py) end to end, created -> ready ->
+dispatched -> downloading -> flashing -> done, with the per-status counts and the slowest
+device."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import threading
 import time
 import uuid
+from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import requests
 from kafka import KafkaConsumer, TopicPartition
@@ -16,12 +23,22 @@ from rich.console import Console
 from rich.table import Table
 
 from devstack import wiring
+from devstack.demo import wait
+from devstack.dlq import with_stack_settings
+from devstack.ota import sim
 
 ORDER = 40
+FLEET = 50
+FINAL = ("done", "error", "timed_out", "cancelled")
 
 
 def run(env: dict[str, str], console: Console) -> bool:
     api = f"http://127.0.0.1:{wiring.default().ports()['ota-api']}"
+    scheduled = jobs_and_events(api, env, console)
+    return fleet(api, env, console) and scheduled
+
+
+def jobs_and_events(api: str, env: dict[str, str], console: Console) -> bool:
     run_id = uuid.uuid4().hex[:6]
     consumer = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     partitions = [TopicPartition("job.events", p)
@@ -75,4 +92,81 @@ def run(env: dict[str, str], console: Console) -> bool:
         table.add_row(label, ", ".join(seen[job_id]))
     console.print(table)
     cron_created = all(seen[j] == ["job.created"] for j in jobs if j not in ready)
-    return cron_created and all(seen[j] == ["job.created", "job.ready_to_execute"] for j in ready)
+    # ota-dispatcher then sends each ready job's command: a job.updated (dispatched) may follow
+    made_ready = ["job.created", "job.ready_to_execute"]
+    return cron_created and all(seen[j][:2] == made_ready for j in ready)
+
+
+def fleet(api: str, env: dict[str, str], console: Console) -> bool:
+    """A mass update of FLEET simulated devices through the whole pipeline; True when every job
+    ended done."""
+    run_id = uuid.uuid4().hex[:6]
+    ids = [f"demo-sim-{run_id}-{n:03d}" for n in range(FLEET)]
+    failed = asyncio.run(sim.register(api, ids))
+    version = f"demo-fleet-{run_id}"
+    upload = requests.put(f"{api}/firmwares/{version}", data=os.urandom(64 * 1024), timeout=10)
+    console.print(f"fleet: {FLEET - len(failed)} simulated devices registered, "
+                  f"firmware {version}: {upload.status_code}")  # fmt: skip
+    if failed or upload.status_code != 201:
+        return False
+    with with_stack_settings():
+        broker = sim.stack_broker()
+    stats, stop = sim.Stats(), threading.Event()
+    behaviour = sim.Behaviour(firmware_ms=300, seed=16)
+    devices = threading.Thread(
+        target=lambda: asyncio.run(sim.simulate(ids, broker, behaviour, stats, until=stop.is_set))
+    )
+    devices.start()
+    jobs: dict[str, dict[str, Any]] = {}
+    passed: defaultdict[str, set[str]] = defaultdict(set)  # status -> jobs seen in it
+    try:
+        if not wait(lambda: stats.connected == FLEET, timeout=60):
+            console.print(f"fleet: only {stats.connected}/{FLEET} devices connected")
+            return False
+        answer = requests.post(f"{api}/jobs", json={"device_ids": ids, "firmware_version": version},
+                               timeout=60)  # fmt: skip
+        jobs = {job["id"]: job for job in answer.json()["jobs"]}
+        console.print(f"fleet: POST /jobs -> {answer.status_code}, {len(jobs)} jobs")
+        seen: Counter[str] = Counter()
+        for job_id in jobs:
+            passed[jobs[job_id]["status"]].add(job_id)
+
+        def all_final() -> bool:
+            for job_id, job in jobs.items():
+                if job["status"] not in FINAL:
+                    jobs[job_id] = http.get(f"{api}/jobs/{job_id}", timeout=10).json()
+                    passed[jobs[job_id]["status"]].add(job_id)
+            now = Counter(job["status"] for job in jobs.values())
+            if now != seen:
+                seen.clear()
+                seen.update(now)
+                console.print("  " + ", ".join(f"{k} {v}" for k, v in sorted(now.items())))
+            return all(job["status"] in FINAL for job in jobs.values())
+
+        with requests.Session() as http:
+            wait(all_final, timeout=120)
+    finally:
+        stop.set()
+        devices.join(timeout=30)
+    table = Table(title=f"ota: mass update of {FLEET} simulated devices")
+    table.add_column("status")
+    table.add_column("jobs seen in it (GET /jobs/<id>)", justify="right")
+    table.add_column("jobs in it at the end", justify="right")
+    table.add_column("statuses the devices sent", justify="right")
+    by_status = Counter(job["status"] for job in jobs.values())
+    for status in ("scheduled", "ready", "dispatched", "downloading", "flashing", *FINAL):
+        sent = stats.statuses.get(status, "")
+        table.add_row(status, str(len(passed[status])), str(by_status[status]), str(sent))
+    console.print(table)
+    finals = [j for j in jobs.values() if j["status"] in FINAL]
+    if finals:
+        slowest = max(finals, key=took)
+        console.print(f"slowest device: {slowest['device_id']} ({slowest['status']} "
+                      f"{took(slowest):.2f} s after its job was created)")  # fmt: skip
+    return len(jobs) == FLEET and by_status["done"] == FLEET
+
+
+def took(job: dict[str, Any]) -> float:
+    """Seconds from the job's creation to its last change."""
+    return (datetime.fromisoformat(job["updated_at"])
+            - datetime.fromisoformat(job["created_at"])).total_seconds()  # fmt: skip

@@ -56,6 +56,8 @@ def product_reference(value: Any, key: str | None) -> uuid.UUID:
         product_id = ids[named[0]]
     elif isinstance(value, str):
         product_id = _uuid(value, "data")
+    elif isinstance(value, bytes):
+        raise InvalidData("the record value is not JSON", field="data")
     else:
         raise InvalidData(
             'the record value must be {"productId": "<uuid>"} or a UUID string', field="data"

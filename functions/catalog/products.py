@@ -3,9 +3,9 @@
 Each record arrives as `dev.knative.kafka.event` from a KafkaSource (consumer group
 `image-service`); its topic is the end of the event source (`...#product.created`), its key the
 `key` extension. The value names the product: `{"productId": "<uuid>"}`, `{"id": "<uuid>"}` or
-a bare JSON string; anything else is a 422 (dead-lettered). product.created records the product
-(idempotent; a tombstone stays); product.deleted removes its images, objects, cached links and
-the product (tombstone).
+a bare JSON string; anything else (a value that is not JSON too) is a 422, dead-lettered.
+product.created records the product (idempotent; a tombstone stays); product.deleted removes
+its images, objects, cached links and the product (tombstone).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from functions.sources.events import KafkaRecord
 log = logging.getLogger("objectflow.catalog.products")
 
 
-@cloudevent_function("catalog-products", accepts=["dev.knative.kafka.event"])
-def catalog_products(event: Event[KafkaRecord]) -> None:
+@cloudevent_function("catalog-products", accepts=["dev.knative.kafka.event"], raw_data=True)
+def catalog_products(event: Event[Any]) -> None:  # data: a KafkaRecord, or bytes (not JSON)
     topic = event.source.rpartition("#")[2]
     if topic not in events.PRODUCT_TOPICS:
         raise InvalidData(f"records of topic {topic!r} are not handled here", field="source")
     key: Any = event.extensions.get("key")
-    product_id = events.product_reference(event.data.root, key)
+    value = event.data.root if isinstance(event.data, KafkaRecord) else event.data
+    product_id = events.product_reference(value, key)
     if topic == "product.created":
         new = service.product_created(product_id)
         log.info("product recorded", extra={"product_id": str(product_id), "new": new})

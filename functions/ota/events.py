@@ -55,6 +55,45 @@ class JobEvent(EventData):
     )
 
 
+# --- device statuses (Kafka device.status, keyed by device id; docs/ota.md) ------------------
+
+DeviceStatusKind = Literal["downloading", "flashing", "done", "error"]
+STATUS_KINDS: tuple[str, ...] = DeviceStatusKind.__args__  # type: ignore[attr-defined]
+
+
+class DeviceStatus(EventData):
+    """What a device publishes to `status/<device_id>/update` (QoS 1), as the bridge forwards
+    it to `device.status`: its progress on the command `message_id` of job `job_id`."""
+
+    job_id: str = Field(min_length=1, max_length=64)
+    message_id: str = Field(
+        min_length=1, max_length=128, description="The command's message id this answers"
+    )
+    status: DeviceStatusKind
+    progress: int | None = Field(default=None, ge=0, le=100, description="Percent, downloading")
+    error: str | None = Field(default=None, max_length=2000, description="Why, for status error")
+    ts: datetime = Field(description="When the device reported it (ISO-8601 with offset)")
+
+
+DlqReason = Literal[
+    "not-json", "invalid", "no-device", "unknown-job", "wrong-device", "unknown-status",
+    "never-dispatched",
+]  # fmt: skip
+
+
+class StatusDeadLetter(EventData):
+    """A `device.status.dlq` record (key: the device id as it came): why ota-status refused the
+    record, and the record itself to fix and replay (docs/ota.md, "Replay device.status.dlq")."""
+
+    reason: DlqReason
+    detail: str
+    device_id: str | None = Field(description="The record's key")
+    payload: str = Field(description="The record's value as it came (UTF-8, else base64)")
+    payload_encoding: Literal["utf-8", "base64"]
+    origin: str = Field(description="device.status partition and offset: `device.status/3@17`")
+    refused_at: datetime
+
+
 class SchedulerTicked(EventData):
     readied: int = Field(ge=0, description="Due jobs made ready in this tick")
     cache_rebuilt: bool = Field(description="The Redis due-time cache was rebuilt from PostgreSQL")

@@ -507,14 +507,7 @@ def record(
         outcome=outcome,
     )
     payload = event.model_dump(mode="json")
-    cur.execute(
-        """
-        INSERT INTO ota.job_events (event_id, job_id, type, version, status, detail, occurred_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s)
-        """,
-        (event.event_id, job.id, kind, job.version, job.status, Json(changes or {}),
-         job.updated_at),
-    )  # fmt: skip
+    history(cur, job, kind, changes or {}, event_id=event.event_id)
     outbox.write(
         cur,
         event_id=uuid.UUID(event.event_id),
@@ -524,6 +517,26 @@ def record(
         payload=payload,
     )
     return event
+
+
+def history(
+    cur: Cursor,
+    job: Job,
+    kind: str,
+    detail: dict[str, Any],
+    *,
+    event_id: str | None = None,
+    occurred_at: datetime | None = None,
+) -> None:
+    """A `job_events` row alone: what happened to the job (or was ignored) at its version."""
+    cur.execute(
+        """
+        INSERT INTO ota.job_events (event_id, job_id, type, version, status, detail, occurred_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        """,
+        (event_id or str(uuid.uuid4()), job.id, kind, job.version, job.status, Json(detail),
+         occurred_at or job.updated_at),
+    )  # fmt: skip
 
 
 def iso(moment: datetime) -> str:

@@ -330,23 +330,7 @@ class Listener:
 
 
 def producer(**overrides: Any) -> KafkaProducer:
-    """kafka-python's idempotent producer, every ordering-relevant option spelt out."""
-    from kafka import KafkaProducer
-
-    cfg = settings.kafka()
-    options: dict[str, Any] = {
-        "bootstrap_servers": cfg.servers,
-        "client_id": f"{cfg.client_id}-{NAME}",
-        "acks": "all",
-        "enable_idempotence": True,  # no duplicates or reordering from the producer's retries
-        "max_in_flight_requests_per_connection": 5,  # the most idempotence keeps in order
-        "linger_ms": 2,
-        "batch_size": 256 * 1024,
-        "max_block_ms": 5000,  # send() gives up quickly when Kafka is down: KafkaUnavailable
-        "request_timeout_ms": 5000,
-        "delivery_timeout_ms": 12000,
-    }
-    return KafkaProducer(**(options | overrides))
+    return clients.kafka.producer(NAME, **overrides)
 
 
 def main() -> int:

@@ -110,6 +110,20 @@ class DeadlineSettings(BaseSettings):
         return None if value is None else float(value)
 
 
+class StatusSettings(BaseSettings):
+    """ota-status (`OTA_STATUS_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_STATUS_", extra="ignore")
+
+    dlq_topic: str = Field(default="device.status.dlq", min_length=1)
+    dedup_ttl_s: int = Field(
+        default=3600, gt=0, description="How long Redis remembers a handled status (fast path)"
+    )
+    lock_retries: int = Field(
+        default=5, gt=0, description="Re-reads of a job that moved on meanwhile (optimistic lock)"
+    )
+
+
 class BucketSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
 
@@ -121,4 +135,5 @@ outbox = settings.cached(OutboxSettings)
 scheduler = settings.cached(SchedulerSettings)
 dispatch = settings.cached(DispatchSettings)
 deadlines = settings.cached(DeadlineSettings)
+status = settings.cached(StatusSettings)
 buckets = settings.cached(BucketSettings)

@@ -76,9 +76,12 @@ Handler = Callable[[Event[Any]], Reply | None]
 
 
 def cloudevent_function(
-    name: str, *, accepts: Sequence[str], idempotent: bool = True
+    name: str, *, accepts: Sequence[str], idempotent: bool = True, raw_data: bool = False
 ) -> Callable[[Handler], Callable[[flask.Request], flask.Response]]:
-    """Wrap `handler` as the functions-framework HTTP target of function `name`."""
+    """Wrap `handler` as the functions-framework HTTP target of function `name`.
+
+    `raw_data`: data that is not JSON reaches the handler as bytes instead of a 400/415, for a
+    handler that must judge every record itself (ota-status dead-letters it with its reason)."""
     unknown = [t for t in accepts if registry.lookup(t) is None]
     if unknown:
         raise ValueError(
@@ -93,7 +96,7 @@ def cloudevent_function(
                 return answer_get(name, request.path)
             if request.method != "POST":
                 return _json(405, {"error": "method-not-allowed", "detail": "POST CloudEvents"})
-            return _deliver(name, handler, request, accepts, idempotent)
+            return _deliver(name, handler, request, accepts, idempotent, raw_data)
 
         view.__name__ = handler.__name__
         view.__doc__ = handler.__doc__
@@ -114,7 +117,12 @@ def answer_get(name: str, path: str) -> flask.Response:
 
 
 def _deliver(
-    name: str, handler: Handler, request: flask.Request, accepts: Sequence[str], idempotent: bool
+    name: str,
+    handler: Handler,
+    request: flask.Request,
+    accepts: Sequence[str],
+    idempotent: bool,
+    raw_data: bool = False,
 ) -> flask.Response:
     started = time.perf_counter()
     metric_type = "other"
@@ -129,7 +137,7 @@ def _deliver(
             "event_subject": ce.get("subject"),
             "traceparent": ce.get("traceparent") or request.headers.get("traceparent"),
         }
-        event = validate(ce, accepts, context["traceparent"])
+        event = validate(ce, accepts, context["traceparent"], raw_data=raw_data)
         context["traceparent"] = event.traceparent
         with objectflow_logging.event_context(**context):
             if idempotent and idempotency.already_handled(name, event.source, event.id):
@@ -186,8 +194,11 @@ def decode_cloudevent(headers: Mapping[str, str], body: bytes) -> CloudEvent:
         raise BadEvent(f"not a valid CloudEvent: {exc}") from None
 
 
-def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) -> Event[Any]:
-    """Check the event's type and content type and validate its data into the catalog model."""
+def validate(
+    ce: CloudEvent, accepts: Sequence[str], traceparent: str | None, *, raw_data: bool = False
+) -> Event[Any]:
+    """Check the event's type and content type and validate its data into the catalog model
+    (with `raw_data`, data that is not JSON is passed on as bytes)."""
     event_type = ce["type"]
     if event_type not in accepts:
         raise BadEvent(
@@ -195,12 +206,14 @@ def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) ->
             field="type",
         )
     content_type = ce.get("datacontenttype")
-    if content_type and not _is_json(content_type):
+    data = ce.get_data()
+    if raw_data and isinstance(data, bytes | bytearray):
+        return _event(ce, event_type, bytes(data), traceparent)
+    if content_type and not _is_json(content_type) and not raw_data:
         raise UnsupportedMediaType(
             f"data is not JSON (datacontenttype {content_type!r}); send application/json",
             field="datacontenttype",
         )
-    data = ce.get_data()
     if isinstance(data, bytes | bytearray):
         raise BadEvent("data is not valid JSON", field="data")
     model = registry.get(event_type).model
@@ -215,14 +228,17 @@ def validate(ce: CloudEvent, accepts: Sequence[str], traceparent: str | None) ->
         raise InvalidData(
             f"{first['field']}: {first['error']}", field=first["field"], errors=errors
         ) from None
+    return _event(ce, event_type, validated, traceparent)
 
+
+def _event(ce: CloudEvent, event_type: str, data: Any, traceparent: str | None) -> Event[Any]:
     attributes = ce.get_attributes()
     known = {"id", "source", "type", "specversion", "subject", "time", "datacontenttype"}
     return Event(
         id=ce["id"],
         source=ce["source"],
         type=event_type,
-        data=validated,
+        data=data,
         subject=attributes.get("subject"),
         time=attributes.get("time"),
         traceparent=traceparent or objectflow_logging.new_traceparent(),

@@ -9,13 +9,18 @@ id: MQTT resends an unacknowledged message with the same packet id (and the DUP 
 new message, even with byte-identical payload, gets the next free one. A route's
 `partition-segment` becomes the `partitionkey` extension, by which `ordered` triggers keep order.
 
+A route with `kafka-topic` produces to Kafka instead (the OTA device statuses): the payload as it
+came, the partition segment as record key, no judgement but the topic's; the message is
+acknowledged once Kafka acknowledged the record (acks=all), retried until then.
+
 What the sink can never accept (a final 4xx, or an event above the broker class's size limit,
 which the Kafka broker answers with a 503 like an outage) goes to the dead-letter sink and is
 acknowledged, so the one worker never retries a single message forever.
 
 Settings: `K_SINK`, `OBJECTFLOW_MQTT_ROUTES` (JSON list of values.yaml `sources.mqtt-bridge`
 routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT`, `OBJECTFLOW_DEAD_LETTER_SINK`
-and `OBJECTFLOW_MAX_EVENT_BYTES` (optional) and the `MQTT_*` connection settings.
+and `OBJECTFLOW_MAX_EVENT_BYTES` (optional), the `MQTT_*` connection settings and, for Kafka
+routes, the `KAFKA_*` ones.
 """
 
 from __future__ import annotations
@@ -147,6 +152,7 @@ class Bridge:
         self.stopping = threading.Event()
         self.session = requests.Session()
         self.client: Any = None
+        self.kafka: Any = None  # the producer of the Kafka routes, made on first use
 
     # paho callbacks run on its network thread: keep them short, never block on the sink.
 
@@ -220,7 +226,10 @@ class Bridge:
                 traceparent=event["traceparent"],
                 topic=message.topic,
             ):
-                outcome = self.forward(event)
+                if route.kafka_topic is None:
+                    outcome = self.forward(event)
+                else:
+                    outcome = self.produce(route.kafka_topic, event, bytes(message.payload))
         sink.MESSAGES.labels(SOURCE, outcome).inc()
         self.client.ack(message.mid, message.qos)
 
@@ -237,6 +246,48 @@ class Bridge:
             )
         except sink.SinkRejected as exc:
             return self.park(event, exc)
+        return "forwarded"
+
+    def produce(self, topic: str, event: CloudEvent, payload: bytes) -> str:
+        """Produce `payload` to `topic` keyed by the event's partition key, retrying until Kafka
+        acknowledged it; raises SinkUnavailable only when stopping."""
+        from kafka.errors import KafkaError, MessageSizeTooLargeError
+
+        key = event.get("partitionkey")
+
+        def send() -> None:
+            if self.kafka is None:
+                self.kafka = clients.kafka.producer(SOURCE)
+            future = self.kafka.send(topic, key=key.encode() if key else None, value=payload)
+            future.get(timeout=15)
+
+        try:
+            tenacity.Retrying(
+                retry=tenacity.retry_if_exception(
+                    lambda exc: (
+                        isinstance(exc, KafkaError)
+                        and not isinstance(exc, MessageSizeTooLargeError)
+                    )
+                ),
+                wait=tenacity.wait_exponential_jitter(
+                    multiplier=0.2, max=self.config.max_backoff, jitter=0.2
+                ),
+                stop=tenacity.stop_when_event_set(self.stopping),
+                sleep=sink.interruptible_sleep(self.stopping),
+                before_sleep=lambda state: log.warning(
+                    "Kafka did not take the message, retrying",
+                    extra={
+                        "topic": topic,
+                        "attempt": state.attempt_number,
+                        "error": repr(state.outcome and state.outcome.exception()),
+                    },
+                ),
+                reraise=True,
+            )(send)
+        except MessageSizeTooLargeError as exc:
+            return self.park(event, sink.SinkRejected(f"kafka {topic}: {exc}", body=str(exc)))
+        except KafkaError as exc:  # only when stopping: not acked, redelivered next run
+            raise sink.SinkUnavailable(f"kafka {topic}: {exc}") from exc
         return "forwarded"
 
     def _check_size(self, event: CloudEvent) -> None:
@@ -297,6 +348,8 @@ class Bridge:
         worker.join(timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
+        if self.kafka is not None:
+            self.kafka.close(timeout=5)
         log.info("stopped")
 
     def stop(self, *_args: object) -> None:

@@ -34,6 +34,12 @@ class MqttRoute(BaseModel):
         description="Topic level (0-based) that becomes the `partitionkey` extension, by which "
         "`ordered` triggers keep order (the Kafka broker's record key)",
     )
+    kafka_topic: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="Produce each message to this Kafka topic instead of the sink: the payload "
+        "unchanged, keyed by the partition segment, acknowledged on MQTT once Kafka has it",
+    )
 
 
 class MqttBridge(BaseModel):

@@ -207,3 +207,46 @@ def test_bridge_reconnects_after_mosquitto_restarts(
         lambda: len(sink.accepted(unique=True)) == 6, timeout=60, what="events after the restart"
     )
     assert seqs(sink, "dev-r") == list(range(6))
+
+
+def test_a_kafka_route_produces_each_payload_unchanged_keyed_by_its_segment(
+    service_env: dict[str, str], sink: RecordingSink, prefix: str, tmp_path: Path
+) -> None:
+    """The OTA status route's shape: straight to Kafka, nothing posted to the sink, the payload
+    as it came (even when it is not JSON), the partition segment as the record key."""
+    from kafka import KafkaConsumer
+
+    topic = f"bridge-test-{uuid.uuid4().hex[:8]}"
+    client_id = f"objectflow-test-bridge-{uuid.uuid4().hex[:8]}"
+    routes = [{"topic": f"{prefix}/+/update", "type": TYPE, "partition-segment": 2,
+               "kafka-topic": topic}]  # fmt: skip
+    env = {**os.environ, "K_SINK": sink.url, "OBJECTFLOW_MQTT_ROUTES": json.dumps(routes),
+           "OBJECTFLOW_MQTT_CLIENT_ID": client_id}  # fmt: skip
+    process = BridgeProcess(env, tmp_path / "bridge.log")
+    process.start()
+    publisher = clients.mqtt.Publisher(clients.mqtt.connect())
+    consumer = KafkaConsumer(topic, bootstrap_servers=service_env["KAFKA_BOOTSTRAP_SERVERS"],
+                             auto_offset_reset="earliest", consumer_timeout_ms=500)  # fmt: skip
+    try:
+        sent = {"d1": [b'{"n": 1}', b"not json"], "d2": [b'{"n": 2}']}
+        for device, payloads in sent.items():
+            for payload in payloads:
+                publisher.publish(f"{prefix}/{device}/update", payload, qos=1)
+        got: list[tuple[bytes, bytes]] = []
+        wait_for(lambda: got.extend((r.key, r.value) for r in consumer) or len(got) >= 3,
+                 timeout=30, what="3 records on the route's topic")  # fmt: skip
+        by_key = {key.decode(): [v for k, v in got if k == key] for key, _ in got}
+        assert by_key == sent
+        assert sink.accepted() == []
+    finally:
+        consumer.close()
+        publisher.client.loop_stop()
+        publisher.client.disconnect()
+        assert process.stop() == 0
+        settings.reset()
+        clients.mqtt.connect(client_id, clean_start=True).disconnect()
+        from kafka.admin import KafkaAdminClient
+
+        admin = KafkaAdminClient(bootstrap_servers=service_env["KAFKA_BOOTSTRAP_SERVERS"])
+        admin.delete_topics([topic])
+        admin.close()

@@ -404,7 +404,14 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
             "MINIO_DETECTIONS_BUCKET": "detections",
             "MINIO_FIRMWARE_BUCKET": "firmware",
         },
-        topics={"product.created": 3, "product.deleted": 3, "job.events": 6, "job.dlq": 1},
+        topics={
+            "product.created": 3,
+            "product.deleted": 3,
+            "job.events": 6,
+            "job.dlq": 1,
+            "device.status": 6,
+            "device.status.dlq": 1,
+        },
         collections=("runner_predictions",),
     )
     more = load_with(
@@ -430,7 +437,8 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
     }
     # the largest partition count wins; a Kafka source's topic no domain declares gets 3
     assert infrastructure.topics == {
-        "product.created": 5, "product.deleted": 3, "job.events": 6, "job.dlq": 1, "e2e.events": 6,
+        "product.created": 5, "product.deleted": 3, "job.events": 6, "job.dlq": 1,
+        "device.status": 6, "device.status.dlq": 1, "e2e.events": 6,
     }  # fmt: skip
     assert infrastructure.collections == ("runner_predictions", "orders", "x")
     assert wiring.load(E2E).infrastructure().topics["e2e.events"] == 3

@@ -100,6 +100,23 @@ def test_malformed_records_are_422(
     assert [state(catalog_env, p) for p in named] == before
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+def test_a_record_value_that_is_not_json_is_422(
+    products: Any, catalog_env: dict[str, str], content_type: str | None
+) -> None:
+    attributes = {
+        "type": "dev.knative.kafka.event",
+        "source": SOURCE.format("created", "created"),
+        "id": f"partition:0/offset:{uuid.uuid4().int % 10**9}",
+    }
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    headers, body = to_binary(CloudEvent(attributes, b"{not json " + uuid.uuid4().bytes))
+    answer = products.post("/", headers=dict(headers), data=body)
+    assert answer.status_code == 422, answer.text
+    assert answer.get_json()["field"] == "data"
+
+
 def test_records_of_other_topics_are_refused(products: Any) -> None:
     headers, body = record("created", {"productId": str(uuid.uuid4())})
     headers["ce-source"] = "/apis/v1/namespaces/objectflow/kafkasources/other#orders"
