@@ -28,7 +28,10 @@ MINIO_WEBHOOK_ARN = f"arn:minio:sqs::{MINIO_WEBHOOK_TARGET}:webhook"
 class Paths:
     """Where the stack keeps its state (inside the repo) and its downloads (outside it)."""
 
-    state: Path = ROOT / ".devstack"
+    # Resolved: a worktree's .devstack is a symlink to the main checkout's, and the services'
+    # commands (which name these paths) must read the same from every checkout, or each one's
+    # `up` would take them for changed and restart them (stack.bring_up).
+    state: Path = (ROOT / ".devstack").resolve()
     cache: Path = CACHE
 
     def data(self, service: str) -> Path:
