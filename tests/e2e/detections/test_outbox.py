@@ -132,8 +132,10 @@ def test_postgres_outage_mid_burst_is_a_mongodb_outage_and_loses_nothing(
     stop_service("postgres")
     try:
         wait_for(
-            lambda: log.read_text(errors="replace").count("MongoDB unavailable") > reconnects
-            or metric(store_metrics(values), unavailable) > before,
+            lambda: (
+                log.read_text(errors="replace").count("MongoDB unavailable") > reconnects
+                or metric(store_metrics(values), unavailable) > before
+            ),
             timeout=60,
             what="the source or the store noticing that MongoDB is unavailable",
         )
