@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path.home() / ".cache" / "objectflow"
+# Resolved: a worktree's .devstack is a symlink to the main checkout's, and the services'
+# commands (which name these paths) must read the same from every checkout, or each one's `up`
+# would take them for changed and restart them (stack.bring_up).
+STATE = (ROOT / ".devstack").resolve()
 MINIO_WEBHOOK_TARGET = "OBJECTFLOW"  # MinIO's id for the notification target of the env below
 MINIO_WEBHOOK_ARN = f"arn:minio:sqs::{MINIO_WEBHOOK_TARGET}:webhook"
 
@@ -28,7 +32,7 @@ MINIO_WEBHOOK_ARN = f"arn:minio:sqs::{MINIO_WEBHOOK_TARGET}:webhook"
 class Paths:
     """Where the stack keeps its state (inside the repo) and its downloads (outside it)."""
 
-    state: Path = ROOT / ".devstack"
+    state: Path = STATE
     cache: Path = CACHE
 
     def data(self, service: str) -> Path:

@@ -188,5 +188,13 @@ def stop(spec: ServiceSpec, paths: Paths = PATHS) -> bool:
         # Also ends helpers left in its group (e.g. a child of a wrapper script).
         with suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
+        # A multi-threaded process shows zombie as soon as its main thread exits, while its
+        # other threads still hold the listening socket: a restart must wait for the port.
+        with suppress(RetryError):
+            Retrying(
+                stop=stop_after_delay(spec.stop_timeout),
+                wait=wait_fixed(0.1),
+                retry=retry_if_result(bool),
+            )(port_open, spec.port, 0.2)
     paths.pid(spec.name).unlink(missing_ok=True)
     return pid is not None

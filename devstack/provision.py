@@ -22,7 +22,8 @@ retried = retry(stop=stop_after_delay(60), wait=wait_fixed(0.5), reraise=True)
 
 
 @retried
-def postgres(stack: Stack, sockets: Path) -> None:
+def postgres(stack: Stack, sockets: Path, databases: tuple[str, ...]) -> None:
+    """Set the role's password and create the `databases` that do not exist yet."""
     import psycopg2
     from psycopg2 import sql
 
@@ -37,9 +38,10 @@ def postgres(stack: Stack, sockets: Path) -> None:
                 sql.SQL("ALTER ROLE {} PASSWORD %s").format(sql.Identifier(stack.db_user)),
                 [stack.db_password],
             )
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [stack.db_name])
-            if cur.fetchone() is None:
-                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(stack.db_name)))
+            for database in databases:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [database])
+                if cur.fetchone() is None:
+                    cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     finally:
         conn.close()
 

@@ -57,9 +57,22 @@ def write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
+# The PostgreSQL database holding FerretDB's data (the MongoDB database `stack.mongo_db` is a
+# schema inside it).
+FERRETDB_DATABASE = "ferretdb"
+
+
+def postgres_sockets(paths: Paths) -> Path:
+    return paths.data("postgres") / "socket"
+
+
+def provision_postgres(stack: Stack, paths: Paths) -> None:
+    provision.postgres(stack, postgres_sockets(paths), (stack.db_name, FERRETDB_DATABASE))
+
+
 def postgres(stack: Stack, paths: Paths) -> ServiceSpec:
     home = paths.data("postgres")
-    pgdata, sockets = home / "pgdata", home / "socket"
+    pgdata, sockets = home / "pgdata", postgres_sockets(paths)
     user = "postgres" if AS_ROOT else None  # postgres refuses to run as root
 
     def prepare() -> None:
@@ -88,8 +101,8 @@ def postgres(stack: Stack, paths: Paths) -> ServiceSpec:
         user=user,
         stop_signal=signal.SIGINT,  # "fast" shutdown; SIGTERM would wait for every client to leave
         prepare=prepare,
-        provision=lambda: provision.postgres(stack, sockets),
-        provision_inputs=[stack.db_user, stack.db_password, stack.db_name],
+        provision=lambda: provision_postgres(stack, paths),
+        provision_inputs=[stack.db_user, stack.db_password, stack.db_name, FERRETDB_DATABASE],
     )
 
 
@@ -308,20 +321,29 @@ def minio(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> 
 
 
 def ferretdb(stack: Stack, paths: Paths, infrastructure: wiring.Infrastructure) -> ServiceSpec:
-    home = paths.data("ferretdb")
+    """FerretDB on PostgreSQL: its pg handler turns equality filters (`{status: ...}`) and updates
+    by `_id` into SQL jsonb filters, where the SQLite handler decodes the whole collection in Go
+    and takes turns on one writer (bench/README.md, detections)."""
+    backend = (
+        f"postgres://{stack.db_user}:{stack.db_password}@{HOST}:{stack.ports['postgres']}"
+        f"/{FERRETDB_DATABASE}"
+    )
     command = [
         str(FERRETDB.path), f"--listen-addr={HOST}:{stack.ports['ferretdb']}",
-        "--handler=sqlite", f"--sqlite-url=file:{home / 'data'}/",  # the slash: a directory
-        f"--state-dir={home}", "--telemetry=disable", "--debug-addr=-",
+        "--handler=postgresql", f"--state-dir={paths.data('ferretdb')}", "--telemetry=disable",
+        "--debug-addr=-",
     ]  # fmt: skip
     return ServiceSpec(
         name="ferretdb",
         port=stack.ports["ferretdb"],
         command=command,
         needs=(FERRETDB,),
-        prepare=lambda: (home / "data").mkdir(parents=True, exist_ok=True),
+        env={"FERRETDB_POSTGRESQL_URL": backend},  # in the environment: keeps the password off ps
+        # Before it starts, PostgreSQL must accept the URL: its provisioning (idempotent, retried
+        # while PostgreSQL starts in its own row) sets the password and creates the database.
+        prepare=lambda: provision_postgres(stack, paths),
         provision=lambda: provision.ferretdb(stack, infrastructure.collections),
-        provision_inputs=[stack.mongo_db, *infrastructure.collections],
+        provision_inputs=[FERRETDB_DATABASE, stack.mongo_db, *infrastructure.collections],
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import psutil
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
@@ -62,9 +63,39 @@ def digest(spec: ServiceSpec) -> str:
     return hashlib.sha256(json.dumps(spec.provision_inputs, sort_keys=True).encode()).hexdigest()
 
 
+def fingerprint_file(spec: ServiceSpec) -> Path:
+    # Not `.fingerprint`: the runtime keeps its own there (runtime_fingerprint, code included).
+    return PATHS.pid(spec.name).with_suffix(".started-from")
+
+
+def fingerprint(spec: ServiceSpec) -> str:
+    """What a service process is started from: its command and the environment it adds."""
+    material = json.dumps([spec.command, spec.env], sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def started_otherwise(spec: ServiceSpec, pid: int) -> bool:
+    """Whether the running process `pid` was started from another command or environment than
+    `spec` (e.g. FerretDB on SQLite before it moved to PostgreSQL). A process started before
+    fingerprints were recorded is judged by its command line (a service that rewrites its
+    process title, like Redis, is then restarted once)."""
+    recorded = fingerprint_file(spec)
+    if recorded.exists():
+        return recorded.read_text() != fingerprint(spec)
+    try:
+        return psutil.Process(pid).cmdline() != spec.command
+    except psutil.Error:
+        return True
+
+
 def bring_up(spec: ServiceSpec, step: Step) -> str:
-    """Start `spec` unless ours already runs, then provision unless its data already has it."""
+    """Start `spec` unless ours already runs from the same command and environment (else restart
+    it), then provision unless its data already has it."""
     pid = process.our_pid(spec)
+    if pid is not None and started_otherwise(spec, pid):
+        step("restarting: its command or environment changed")
+        process.stop(spec)
+        pid = None
     already = pid is not None and process.port_open(spec.port)
     if pid is None:
         if process.port_open(spec.port):
@@ -79,9 +110,15 @@ def bring_up(spec: ServiceSpec, step: Step) -> str:
         PATHS.data(spec.name).mkdir(parents=True, exist_ok=True)
         if spec.prepare:
             step("preparing")
-            spec.prepare()
+            try:
+                spec.prepare()
+            except DevstackError:
+                raise
+            except Exception as exc:  # e.g. FerretDB's PostgreSQL database could not be made
+                raise DevstackError(f"{spec.name}: preparing failed: {exc!r}") from exc
         step("starting")
         pid = process.spawn(spec).pid
+        fingerprint_file(spec).write_text(fingerprint(spec))
     if not already:
         step(f"waiting for port {spec.port}")
         process.wait_ready(spec, pid)

@@ -177,6 +177,10 @@ def reopen(collection: Collection[Document], document_id: Any, now: datetime) ->
 
 # --- claims -------------------------------------------------------------------------------------
 
+# How far the clocks of the workers (and of the source's host) may disagree: NTP keeps a
+# cluster's nodes within milliseconds; this leaves room for a stalled process too.
+CLOCK_MARGIN = timedelta(seconds=2)
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -204,13 +208,26 @@ class Claims:
         return self.collection.find_one({"doc": doc}, sort=[("gen", -1)])
 
     def take(self, doc: str, owner: str, lease: float, now: datetime) -> Claim | None:
-        """A claim on `doc`, or None while someone else holds an unexpired one."""
+        """A claim on `doc`, or None while someone else holds an unexpired one.
+
+        Generation 1 is inserted straight away: a document nobody claimed yet (the usual case)
+        costs one insert. Only when it is there is the newest generation read. That is sound
+        because generation 1 outlives every newer one: claims are deleted only all together
+        (`clear`, generations up to the finisher's), and a claim given up is expired, not
+        deleted (`release`)."""
+        first = self._insert(doc, 1, owner, lease, now)
+        if first is not None:
+            return first
         newest = self.newest(doc)
-        if newest is not None and newest["owner"] == owner:  # a retried insert that went through
+        if newest is None:  # cleared meanwhile: start again at generation 1
+            return self._insert(doc, 1, owner, lease, now)
+        if newest["owner"] == owner:  # a retried insert that went through
             return _claim(newest)
-        if newest is not None and _aware(newest["expires_at"]) > now:
+        if _aware(newest["expires_at"]) > now:
             return None
-        gen = newest["gen"] + 1 if newest is not None else 1
+        return self._insert(doc, newest["gen"] + 1, owner, lease, now)
+
+    def _insert(self, doc: str, gen: int, owner: str, lease: float, now: datetime) -> Claim | None:
         claim = Claim(f"{doc}#{gen}", doc, gen, owner, now + timedelta(seconds=lease))
         try:
             self.collection.insert_one(
@@ -222,15 +239,25 @@ class Claims:
         return claim
 
     def held(self, claim: Claim, now: datetime) -> bool:
-        """Still the newest claim and unexpired: nobody took the document over."""
+        """Still the newest claim and unexpired: nobody took the document over.
+
+        A takeover needs the claim expired on the taker's clock, so a claim with more than
+        `CLOCK_MARGIN` left is ours without a read (one find less per document); only one
+        close to its end is read back."""
+        if claim.expires_at - now > CLOCK_MARGIN:
+            return True
         newest = self.newest(claim.doc)
         return newest is not None and newest["_id"] == claim.id and claim.expires_at > now
 
-    def release(self, claim: Claim) -> None:
-        self.collection.delete_one({"_id": claim.id, "owner": claim.owner})
+    def release(self, claim: Claim, now: datetime) -> None:
+        """Give the claim up unfinished: expired, so the next worker takes over at once (kept,
+        so that generation 1 stays while any claim of the document exists; see `take`)."""
+        self.collection.update_one(
+            {"_id": claim.id, "owner": claim.owner}, {"$set": {"expires_at": now}}
+        )
 
     def clear(self, claim: Claim) -> None:
-        """After the document is done: this claim and every older generation."""
+        """After the document is done (or rejected): this claim and every older generation."""
         self.collection.delete_many({"doc": claim.doc, "gen": {"$lte": claim.gen}})
 
 

@@ -52,7 +52,7 @@ def reopen_if_missing(collection: str, document: outbox.Document) -> bool:
         try:
             return outbox.reopen(db[collection], document["_id"], now())
         finally:
-            claims.release(claim)
+            claims.release(claim, now())
 
     reopened = clients.mongodb.call(apply)
     if reopened:

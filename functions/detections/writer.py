@@ -73,6 +73,7 @@ def write(ref: PredictionPredictable, owner: str) -> Outcome:
             clients.mongodb.call(
                 lambda db: outbox.record_error(db[ref.collection], document_id, reason, now())
             )
+            finished = True  # nothing more to do until someone fixes the document
             raise
         if not clients.mongodb.call(lambda db: claims(db).held(claim, now())):
             log.warning("claim taken over after the lease; leaving the document to its new owner")
@@ -89,7 +90,7 @@ def write(ref: PredictionPredictable, owner: str) -> Outcome:
             if finished:
                 claims(db).clear(claim)
             else:
-                claims(db).release(claim)
+                claims(db).release(claim, now())
 
         with contextlib.suppress(DependencyUnavailable):
             clients.mongodb.call(release)

@@ -25,7 +25,7 @@ from tests.chart.conftest import (
 )
 
 # What each dev service writes with a read-only root filesystem, and why. Paths its env names
-# (PGDATA, LOG_DIR, HOME, FERRETDB_SQLITE_URL) are added by the test.
+# (PGDATA, LOG_DIR, HOME, FERRETDB_STATE_DIR) are added by the test.
 WRITES = {
     "postgresql": ["/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"],  # data, socket
     "redis": ["/data"],  # --dir: the append-only file and snapshots
@@ -44,9 +44,9 @@ WRITES = {
         "/data",
         "/tmp",
     ],  # the drive, the webhook queue, HOME (.minio)
-    "ferretdb": ["/state"],  # its SQLite files
+    "ferretdb": ["/state"],  # its state file (the data is in PostgreSQL)
 }
-PATH_ENV = ("PGDATA", "LOG_DIR", "HOME", "FERRETDB_SQLITE_URL")
+PATH_ENV = ("PGDATA", "LOG_DIR", "HOME", "FERRETDB_STATE_DIR")
 
 
 def writable_mounts(pod: dict[str, Any], container: dict[str, Any], claims: set[str]) -> set[str]:

@@ -95,3 +95,48 @@ def test_check_passes_with_the_stack_settings(stack_env: dict[str, str]) -> None
     assert result.returncode == 0, output
     assert len(output.splitlines()) == 7
     assert all(line.endswith(": ok") for line in output.splitlines()), output
+
+
+def test_up_restarts_a_service_whose_command_or_environment_changed() -> None:
+    """How `up` moves a running FerretDB from SQLite to PostgreSQL: a service started from
+    another command (or environment) is restarted; one started the same is left running."""
+    import shutil
+    import uuid
+
+    from devstack import process
+    from devstack.config import PATHS
+    from devstack.services import ServiceSpec
+    from devstack.stack import bring_up, fingerprint_file
+
+    name, port = f"test-restart-{uuid.uuid4().hex[:8]}", process.free_port()
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+    spec = ServiceSpec(name=name, port=port, command=command, needs=())
+    changed_command = ServiceSpec(name, port, [*command, "--directory", "/"], needs=())
+    changed_env = ServiceSpec(name, port, changed_command.command, needs=(), env={"X": "1"})
+    steps: list[str] = []
+    try:
+        bring_up(spec, steps.append)
+        first = process.our_pid(spec)
+        assert bring_up(spec, steps.append).startswith("already up")
+        assert process.our_pid(spec) == first
+
+        bring_up(changed_command, steps.append)
+        second = process.our_pid(spec)
+        assert second not in (None, first)
+        assert "restarting: its command or environment changed" in steps
+
+        bring_up(changed_env, steps.append)
+        third = process.our_pid(spec)
+        assert third not in (None, second)
+
+        # Started by an objectflow that recorded nothing: judged by its command line.
+        fingerprint_file(spec).unlink()
+        assert bring_up(changed_env, steps.append).startswith("already up")
+        assert process.our_pid(spec) == third
+        bring_up(spec, steps.append)
+        assert process.our_pid(spec) not in (None, third)
+    finally:
+        process.stop(spec)
+        fingerprint_file(spec).unlink(missing_ok=True)
+        PATHS.log(name).unlink(missing_ok=True)
+        shutil.rmtree(PATHS.data(name), ignore_errors=True)

@@ -470,7 +470,7 @@ def test_the_services_provision_exactly_the_infrastructure() -> None:
     services = specs(infrastructure=infrastructure)
     assert services["kafka"].provision_inputs == {"t.one": 2}
     assert services["minio"].provision_inputs[0] == ["bucket-a"]
-    assert services["ferretdb"].provision_inputs[1:] == ["c"]
+    assert services["ferretdb"].provision_inputs[2:] == ["c"]
     default = specs()
     declared = wiring.default().infrastructure()  # what values.yaml's domains declare
     assert default["kafka"].provision_inputs == declared.topics

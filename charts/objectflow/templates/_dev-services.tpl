@@ -239,15 +239,46 @@ container:
     {{- end }}
 {{- end }}
 
+{{/* FerretDB on PostgreSQL, as `objectflow up` runs it: the pg handler turns equality filters
+(the outbox's `{status: ...}` scan) and updates by `_id` into SQL, where SQLite decodes the whole
+collection (bench/README.md, detections). Its data lives in the dev PostgreSQL's database
+`ferretdb`, which the init container creates (idempotently, once PostgreSQL answers); FerretDB's
+/state keeps only its state file. */}}
 {{- define "objectflow.dev.ferretdb" -}}
+{{- $config := include "objectflow.config" . | fromYaml -}}
+{{- $pg := printf "%s:%s" $config.DB_HOST $config.DB_PORT -}}
 container:
   env:
     - name: FERRETDB_HANDLER
-      value: sqlite
-    - name: FERRETDB_SQLITE_URL
-      value: file:/state/
+      value: postgresql
+    {{- include "objectflow.secretEnv" (list . "DB_PASSWORD" "DB_PASSWORD") | nindent 4 }}
+    - name: FERRETDB_POSTGRESQL_URL  # $(DB_PASSWORD): Kubernetes expands the entry above
+      value: postgres://{{ $config.DB_USER }}:$(DB_PASSWORD)@{{ $pg }}/ferretdb
+    - name: FERRETDB_STATE_DIR
+      value: /state
     - name: FERRETDB_LISTEN_ADDR
       value: ":27017"
     - name: FERRETDB_TELEMETRY
       value: disable
+initContainers:
+  - name: database
+    image: {{ index .Values "dev-services" "images" "postgresql" }}
+    command: [sh, -ec]
+    args:
+      - |
+        until pg_isready -q; do sleep 2; done
+        psql -tAc "SELECT 1 FROM pg_database WHERE datname = 'ferretdb'" | grep -q 1 \
+          || psql -c "CREATE DATABASE ferretdb"
+    env:
+      - name: PGHOST
+        value: {{ $config.DB_HOST }}
+      - name: PGPORT
+        value: {{ $config.DB_PORT | quote }}
+      - name: PGUSER
+        value: {{ $config.DB_USER }}
+      - name: PGDATABASE
+        value: {{ $config.DB_NAME }}
+      {{- include "objectflow.secretEnv" (list . "PGPASSWORD" "DB_PASSWORD") | nindent 6 }}
+    securityContext:
+      {{- include "objectflow.securityContext" 999 | nindent 6 }}
 {{- end }}

@@ -115,6 +115,37 @@ def test_ferretdb_outage_the_source_reconnects_and_nothing_is_lost(
     box.assert_written(documents)
 
 
+def test_postgres_outage_mid_burst_is_a_mongodb_outage_and_loses_nothing(
+    box: Outbox, values: wiring.Values, broker: str
+) -> None:
+    """FerretDB keeps its data in PostgreSQL: stopping PostgreSQL mid-burst leaves FerretDB up
+    but failing every command, between any two of a worker's writes (claim, upload, ready)."""
+    log = LOGS / "mongo-outbox.log"
+    unavailable = (
+        'objectflow_errors_total{function="detections-store",kind="dependency-unavailable"'
+    )
+    reconnects = log.read_text(errors="replace").count("MongoDB unavailable")
+    before = metric(store_metrics(values), unavailable)
+    documents = insert_bursts(box, 300, 3)
+    wait_for(lambda: box.ready() >= 10, timeout=60, what="the burst under way")
+    assert box.ready() < 300, "the burst ended before the outage; nothing would be tested"
+    stop_service("postgres")
+    try:
+        wait_for(
+            lambda: (
+                log.read_text(errors="replace").count("MongoDB unavailable") > reconnects
+                or metric(store_metrics(values), unavailable) > before
+            ),
+            timeout=60,
+            what="the source or the store noticing that MongoDB is unavailable",
+        )
+    finally:
+        start_stack()
+    documents += insert_bursts(box, 50, 1, first=300)
+    box.wait_ready(350, timeout=240)
+    box.assert_written(documents)
+
+
 def runtime_child(module: str) -> int:
     """Pid of the runtime's process running `python -m <module>` (the runtime started it)."""
     runtime = our_pid(supervisor.spec([E2E_OVERLAY]))

@@ -148,3 +148,21 @@ def test_claims_one_generation_wins(box: Outbox) -> None:
     assert claims.take("doc", "c", 60, later) is None
     claims.clear(second)
     assert claims.newest("doc") is None
+
+
+def test_a_released_claim_is_taken_over_at_once_and_generation_1_stays(box: Outbox) -> None:
+    claims = outbox.Claims.of(box.collection)
+    now = datetime.now(UTC)
+    first = claims.take("doc", "a", 60, now)
+    assert first is not None and first.gen == 1
+    claims.release(first, now)  # gave up unfinished (e.g. MinIO down): expired, not deleted
+    second = claims.take("doc", "b", 60, now + timedelta(seconds=1))
+    assert second is not None and second.gen == 2
+    claims.release(second, now + timedelta(seconds=1))
+    third = claims.take("doc", "c", 60, now + timedelta(seconds=2))
+    assert third is not None and third.gen == 3
+    # Generation 1 is still there, so a newcomer cannot insert it beside the holder of 3.
+    assert claims.take("doc", "d", 60, now + timedelta(seconds=3)) is None
+    claims.clear(third)
+    assert claims.newest("doc") is None
+    assert claims.take("doc", "e", 60, now + timedelta(seconds=4)) is not None
