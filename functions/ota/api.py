@@ -7,22 +7,33 @@ GET  /devices/<device_id>
 POST /jobs                    {"device_id" | "device_ids", "firmware_version", schedule?}: 201
 GET  /jobs/<id>, /jobs?status=&device_id=&limit=&cursor=
 PATCH /jobs/<id>, POST /jobs/<id>/cancel   If-Match: <version> (428 without, 412 on mismatch)
+POST /rollouts                {"firmware_version", "devices" | "selector", "waves", ...}: 201
+GET  /rollouts/<id>           per-wave and overall counts by job status
+POST /rollouts/<id>/pause, /resume, /cancel   If-Match: <version>, as for jobs
 
-Every change commits the job, its job_events row and its outbox row in one transaction; the
-relay publishes the outbox (nothing is published from a request). Versions travel as ETag.
+Every change commits the job (or rollout), its history and its outbox row in one transaction;
+the relay publishes the outbox (nothing is published from a request). Versions travel as ETag.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+from croniter import croniter
 from fastapi import Body, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
-from functions.ota import firmwares, jobs, schedule
+from functions.ota import firmwares, jobs, rollouts, schedule
 from functions.ota import settings as ota_settings
 from functions.ota.events import Schedule
 from functions.runtime import (
@@ -133,6 +144,7 @@ class JobOut(BaseModel):
     message_id: str | None = Field(description="The command last sent to the device (MQTT)")
     retries: int = Field(description="Re-dispatches after a silent deadline (ota-deadlines)")
     deadline_at: datetime | None = Field(description="When a silent job is overdue")
+    rollout_id: str | None = Field(description="The rollout that released the job, if any")
 
 
 class JobList(BaseModel):
@@ -144,7 +156,7 @@ class JobsCreated(BaseModel):
     jobs: list[JobOut]
 
 
-api = http_function("ota-api", summary="Firmware OTA: firmwares, devices and jobs")
+api = http_function("ota-api", summary="Firmware OTA: firmwares, devices, jobs and rollouts")
 IF_MATCH = Header(alias="If-Match", description="The job version you last saw")
 
 
@@ -264,11 +276,11 @@ def _job(job: jobs.Job, status: int = 200) -> JSONResponse:
 def _if_match(value: str | None) -> int:
     if value is None:
         raise jobs.PreconditionRequired(
-            "send If-Match: <version> (the job's version or its ETag)", field="If-Match"
+            "send If-Match: <version> (the version you last saw, or its ETag)", field="If-Match"
         )
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit() or len(text) > 9:
-        raise BadRequest(f"If-Match must be a job version, got {value!r}", field="If-Match")
+        raise BadRequest(f"If-Match must be a version, got {value!r}", field="If-Match")
     return int(text)
 
 
@@ -346,6 +358,210 @@ def cancel_job(
     reason = body.reason if body else None
     job = clients.postgres.transaction(lambda cur: jobs.cancel(cur, job_id, expected, reason))
     return _job(job)
+
+
+# --- rollouts --------------------------------------------------------------------------------
+
+Percent = Annotated[float, Field(gt=0, le=100)]
+
+
+class Selector(Strict):
+    model: str | None = Field(default=None, min_length=1, max_length=128, pattern=TEXT)
+    current_firmware: str | None = Field(default=None, pattern=firmwares.VERSION)
+
+    @model_validator(mode="after")
+    def _something(self) -> Selector:
+        if self.model is None and self.current_firmware is None:
+            raise ValueError("a selector names model and/or current_firmware")
+        return self
+
+
+class Ramp(Strict):
+    base_per_minute: float = Field(gt=0, le=1_000_000, description="Releases per minute at first")
+    factor: float = Field(ge=1, le=100, description="The rate's multiplier per step")
+    every_succeeded: int = Field(ge=1, description="A step after this many more done jobs")
+
+
+class Abort(Strict):
+    failure_percent: float = Field(
+        ge=0, le=100, description="A wave whose error + timed_out exceed this share pauses it"
+    )
+    min_finished: int = Field(default=1, ge=1, description="Finished jobs before it applies")
+
+
+class Window(Strict):
+    cron: str = Field(
+        max_length=200,
+        pattern=TEXT,
+        description="Five fields: it opens then, in each device's zone",
+    )
+    duration_minutes: int = Field(ge=1, le=7 * 24 * 60)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, cron: str) -> str:
+        if len(cron.split()) != 5 or not croniter.is_valid(cron):
+            raise ValueError(f"not a five-field cron expression: {cron!r}")
+        return cron
+
+
+class RolloutCreate(Strict):
+    firmware_version: str = Field(pattern=firmwares.VERSION)
+    devices: list[Annotated[str, Field(pattern=DEVICE_ID)]] | None = Field(
+        default=None, min_length=1, description="In the order they join the waves"
+    )
+    selector: Selector | None = Field(default=None, description="Devices ordered by id")
+    waves: list[Percent] = Field(
+        default=[1, 10, 100], min_length=1, max_length=100,
+        description="Cumulative percents of the devices, ascending, the last 100",
+    )  # fmt: skip
+    max_per_minute: int | None = Field(default=None, ge=1, le=1_000_000)
+    ramp: Ramp | None = None
+    success_threshold: float = Field(
+        default=95, gt=0, le=100, description="Percent of a wave done before the next starts"
+    )
+    abort: Abort = Field(default_factory=lambda: Abort(failure_percent=10, min_finished=10))
+    maintenance_window: Window | None = None
+
+    @field_validator("devices")
+    @classmethod
+    def _once_each(cls, devices: list[str] | None) -> list[str] | None:
+        if devices is not None and len(set(devices)) != len(devices):
+            raise ValueError("devices holds a device twice")
+        return devices
+
+    @field_validator("waves")
+    @classmethod
+    def _ascending_to_100(cls, percents: list[float]) -> list[float]:
+        if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+            raise ValueError(f"waves must ascend strictly, got {[f'{p:g}' for p in percents]}")
+        if percents[-1] != 100:
+            raise ValueError(f"the last wave must be 100 (every device), got {percents[-1]:g}")
+        return percents
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RolloutCreate:
+        if (self.devices is None) == (self.selector is None):
+            raise ValueError("give devices or selector, not both or neither")
+        return self
+
+    def spec(self) -> rollouts.Spec:
+        dump = self.model_dump(mode="json")
+        return rollouts.Spec(
+            firmware_version=self.firmware_version,
+            devices=self.devices,
+            selector=self.selector.model_dump(exclude_none=True) if self.selector else None,
+            waves=self.waves,
+            success_threshold=self.success_threshold,
+            abort=dump["abort"],
+            max_per_minute=self.max_per_minute,
+            ramp=dump["ramp"],
+            maintenance_window=dump["maintenance_window"],
+        )
+
+
+class WaveOut(BaseModel):
+    percent: float
+    devices: int = Field(description="Devices in this wave")
+    status: Literal["pending", "running", "paused", "done", "cancelled"]
+    counts: dict[str, int] = Field(description="Its devices by job status (pending: no job yet)")
+
+
+class CancelledJob(BaseModel):
+    job_id: str
+    device_id: str
+    status: str
+
+
+class Cancellation(BaseModel):
+    cancelled_jobs: int = Field(description="Released jobs not yet dispatched, now cancelled")
+    not_started: int = Field(description="Devices never released, left out")
+    dispatched: list[CancelledJob] = Field(description="Jobs already with their devices")
+
+
+class RolloutOut(BaseModel):
+    id: str
+    status: Literal["running", "paused", "done", "cancelled"]
+    version: int = Field(description="For If-Match; also the ETag")
+    reason: str | None = Field(description="Why it paused, finished or was cancelled")
+    firmware_version: str
+    current_wave: int = Field(description="The latest wave started (1-based)")
+    waves: list[WaveOut]
+    counts: dict[str, int] = Field(description="Every device by job status")
+    devices: int
+    success_threshold: float
+    abort: Abort
+    max_per_minute: int | None
+    ramp: Ramp | None
+    maintenance_window: Window | None
+    selector: Selector | None
+    cancellation: Cancellation | None = Field(description="What POST /cancel stopped")
+    created_at: datetime
+    updated_at: datetime
+
+
+def _rollout(body: dict[str, Any], status: int = 200) -> JSONResponse:
+    shown = _out(RolloutOut, body)
+    return JSONResponse(shown, status_code=status, headers={"ETag": f'"{body["version"]}"'})
+
+
+ROLLOUT_IF_MATCH = Header(alias="If-Match", description="The rollout version you last saw")
+
+
+@api.post("/rollouts", status_code=201, response_model=RolloutOut)
+def create_rollout(body: RolloutCreate) -> JSONResponse:
+    """Roll a firmware out in waves; ota-rollouts starts the first one."""
+    limit = ota_settings.rollout().max_devices
+    if body.devices is not None and len(body.devices) > limit:
+        raise InvalidData(f"at most {limit} devices per rollout", field="devices")
+    created = clients.postgres.transaction(lambda cur: rollouts.create(cur, body.spec()))
+    return _rollout(created, 201)
+
+
+@api.get("/rollouts/{rollout_id}", response_model=RolloutOut)
+def get_rollout(rollout_id: str) -> JSONResponse:
+    found = clients.postgres.transaction(lambda cur: rollouts.get(cur, rollout_id))
+    if found is None:
+        raise NotFound(f"no rollout {rollout_id}", field="rollout_id")
+    return _rollout(found)
+
+
+@api.post("/rollouts/{rollout_id}/pause", response_model=RolloutOut)
+def pause_rollout(
+    rollout_id: str,
+    body: Annotated[CancelIn | None, Body()] = None,
+    if_match: Annotated[str | None, ROLLOUT_IF_MATCH] = None,
+) -> JSONResponse:
+    """Pause a running rollout: nothing more is dispatched (undispatched jobs withdrawn)."""
+    expected = _if_match(if_match)
+    reason = body.reason if body else None
+    return _rollout(clients.postgres.transaction(
+        lambda cur: rollouts.pause_by_request(cur, rollout_id, expected, reason)))  # fmt: skip
+
+
+@api.post("/rollouts/{rollout_id}/resume", response_model=RolloutOut)
+def resume_rollout(
+    rollout_id: str, if_match: Annotated[str | None, ROLLOUT_IF_MATCH] = None
+) -> JSONResponse:
+    """Resume a paused rollout; the wave it paused in goes on to its end."""
+    expected = _if_match(if_match)
+    return _rollout(
+        clients.postgres.transaction(lambda cur: rollouts.resume(cur, rollout_id, expected))
+    )
+
+
+@api.post("/rollouts/{rollout_id}/cancel", response_model=RolloutOut)
+def cancel_rollout(
+    rollout_id: str,
+    body: Annotated[CancelIn | None, Body()] = None,
+    if_match: Annotated[str | None, ROLLOUT_IF_MATCH] = None,
+) -> JSONResponse:
+    """Cancel a rollout: undispatched jobs cancelled, dispatched ones reported in
+    `cancellation.dispatched` (they run to their end)."""
+    expected = _if_match(if_match)
+    reason = body.reason if body else None
+    return _rollout(clients.postgres.transaction(
+        lambda cur: rollouts.cancel(cur, rollout_id, expected, reason)))  # fmt: skip
 
 
 ota_api = api.target

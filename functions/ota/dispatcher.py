@@ -1,8 +1,9 @@
 """ota-dispatcher — sends a ready job's command to its device over MQTT, then marks it dispatched.
 
 Fed by the Kafka source `ota-dispatch-commands` (consumer group `command-dispatcher`) on
-`job.events`, which sends every job event straight to this function: all but
-`job.ready_to_execute` are acknowledged untouched. For a job still ready at the event's version:
+`job.events`, which sends every event of the topic straight to this function: all but
+`job.ready_to_execute` (other job events, `rollout.*`) are acknowledged untouched. For a job
+still ready at the event's version:
 
 1. the shared rate limit (`OTA_DISPATCH_RATE` per second over every replica; `limits`' moving
    window in Redis): over it, 503 with Retry-After, so the source's backoff paces the commands;
@@ -36,7 +37,7 @@ import pybreaker
 from functions.ota import command, firmwares, jobs
 from functions.ota import settings as ota_settings
 from functions.ota.events import KINDS as JOB_KINDS
-from functions.ota.events import JobEvent, cloudevent_type
+from functions.ota.events import ROLLOUT_KINDS, JobEvent, RolloutEvent, cloudevent_type
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
 from functions.runtime.clients import core, mqtt
@@ -201,8 +202,12 @@ def _release(claim: str) -> None:
         log.warning("dispatch claim left to expire", extra={"claim": claim, "error": exc.detail})
 
 
-@cloudevent_function("ota-dispatcher", accepts=[cloudevent_type(kind) for kind in JOB_KINDS])
-def ota_dispatcher(event: Event[JobEvent]) -> None:
+@cloudevent_function(
+    "ota-dispatcher", accepts=[cloudevent_type(kind) for kind in (*JOB_KINDS, *ROLLOUT_KINDS)]
+)
+def ota_dispatcher(event: Event[JobEvent | RolloutEvent]) -> None:
+    if isinstance(event.data, RolloutEvent):
+        return None  # the rollout's own events share the topic; its jobs come as job events
     if event.type != cloudevent_type(event.data.type):
         raise InvalidData(f"data.type {event.data.type!r} contradicts {event.type}", field="type")
     if event.data.type != READY:

@@ -53,6 +53,37 @@ class JobEvent(EventData):
     outcome: Outcome | None = Field(
         default=None, description="For job.completed: how the job ended"
     )
+    rollout_id: str | None = Field(default=None, description="The rollout the job belongs to")
+
+
+# --- rollouts (the same outbox and topic; key: the rollout id) ------------------------------
+
+RolloutEventKind = Literal[
+    "rollout.created", "rollout.wave_started", "rollout.paused", "rollout.resumed",
+    "rollout.cancelled", "rollout.completed",
+]  # fmt: skip
+ROLLOUT_KINDS: tuple[str, ...] = RolloutEventKind.__args__  # type: ignore[attr-defined]
+
+
+class RolloutEvent(EventData):
+    """One change of a rollout: the Kafka record value on `job.events` (key: rollout id)."""
+
+    event_id: str
+    type: RolloutEventKind
+    rollout_id: str
+    firmware_version: str
+    status: Literal["running", "paused", "done", "cancelled"]
+    version: int = Field(ge=1, description="The rollout's version after this change")
+    wave: int = Field(ge=1, description="The latest wave started (1-based)")
+    reason: str | None = None
+    occurred_at: datetime
+    detail: dict[str, Any] = Field(
+        default={}, description="rollout.paused: `by`; rollout.cancelled: what it stopped"
+    )
+
+
+class RolloutsTicked(EventData):
+    advanced: int = Field(ge=0, description="Running rollouts looked at in this tick")
 
 
 # --- device statuses (Kafka device.status, keyed by device id; docs/ota.md) ------------------
@@ -130,6 +161,22 @@ register(
         JobEvent,
         "A job finished: `outcome` done or error (the device said so) or timed_out (silent "
         "past its deadline with no retry left).",
+    ),
+    *(
+        EventType(cloudevent_type(kind), RolloutEvent, text)
+        for kind, text in (
+            ("rollout.created", "A rollout was created; its first wave starts."),
+            ("rollout.wave_started", "The previous wave passed its success threshold."),
+            ("rollout.paused", "A rollout paused (`detail.by`: operator, abort or threshold)."),
+            ("rollout.resumed", "An operator resumed a paused rollout."),
+            ("rollout.cancelled", "An operator cancelled a rollout (`detail`: what stopped)."),
+            ("rollout.completed", "Every wave of a rollout finished."),
+        )
+    ),
+    EventType(
+        "objectflow.ota.rollouts.ticked.v1",
+        RolloutsTicked,
+        "ota-rollouts finished a tick of the ota-rollouts-tick schedule.",
     ),
     EventType(
         "objectflow.ota.scheduler.ticked.v1",

@@ -66,7 +66,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 COLUMNS = (
     "id::text, device_id, firmware_version, schedule, status, status_reason, version, "
-    "created_at, updated_at, message_id::text, retries, deadline_at"
+    "created_at, updated_at, message_id::text, retries, deadline_at, rollout_id::text"
 )
 
 
@@ -116,6 +116,7 @@ class Job:
     message_id: str | None = None  # of the command last sent
     retries: int = 0  # re-dispatches by ota-deadlines
     deadline_at: datetime | None = None  # while dispatched, downloading or flashing
+    rollout_id: str | None = None  # the rollout that released it (functions/ota/rollouts.py)
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
@@ -138,6 +139,7 @@ class Job:
             "message_id": self.message_id,
             "retries": self.retries,
             "deadline_at": iso(self.deadline_at) if self.deadline_at else None,
+            "rollout_id": self.rollout_id,
         }
 
 
@@ -220,6 +222,7 @@ def create(
     *,
     tolerance_s: float,
     field_name: str = "device_id",
+    rollout_id: str | None = None,
 ) -> list[Job]:
     """One job per device, each with its job.created event; nothing if anything is unknown."""
     cur.execute("SELECT 1 FROM ota.firmwares WHERE version = %s", (firmware_version,))
@@ -239,12 +242,13 @@ def create(
         due = when.resolve(zones[device_id], now, tolerance_s)
         cur.execute(
             f"""
-            INSERT INTO ota.jobs (id, device_id, firmware_version, schedule, due_at, status)
-            VALUES (%s, %s, %s, %s, %s, 'scheduled')
+            INSERT INTO ota.jobs
+                (id, device_id, firmware_version, schedule, due_at, status, rollout_id)
+            VALUES (%s, %s, %s, %s, %s, 'scheduled', %s)
             RETURNING {COLUMNS}
             """,
             (str(uuid.uuid4()), device_id, firmware_version, Json(due.model_dump(mode="json")),
-             due.due_at),
+             due.due_at, rollout_id),
         )  # fmt: skip
         job = Job.from_row(_one(cur))
         record(cur, job, "job.created")
@@ -505,6 +509,7 @@ def record(
         status_reason=job.status_reason,
         changes=changes or {},
         outcome=outcome,
+        rollout_id=job.rollout_id,
     )
     payload = event.model_dump(mode="json")
     history(cur, job, kind, changes or {}, event_id=event.event_id)

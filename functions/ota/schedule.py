@@ -97,3 +97,11 @@ def resolve(
     if timezone is not None:
         raise InvalidData("timezone goes with cron", field="timezone")
     return Schedule(kind="now", due_at=now)
+
+
+def window_open(expression: str, duration_minutes: int, tz: ZoneInfo, now: datetime) -> bool:
+    """Whether a maintenance window — opening at each occurrence of `expression` in `tz`
+    (read as `next_occurrence` reads it, DST-correctly) and lasting `duration_minutes` of
+    real time — is open at `now`: an opening falls in (now - duration, now]."""
+    opened = next_occurrence(expression, tz, now - timedelta(minutes=duration_minutes))
+    return opened <= now

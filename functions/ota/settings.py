@@ -124,6 +124,18 @@ class StatusSettings(BaseSettings):
     )
 
 
+class RolloutSettings(BaseSettings):
+    """Rollouts (`OTA_ROLLOUT_*`): ota-api's limit and ota-rollouts' step sizes."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_ROLLOUT_", extra="ignore")
+
+    max_devices: int = Field(default=100_000, gt=0, description="Devices per rollout")
+    batch: int = Field(default=500, gt=0, description="Jobs released per transaction")
+    steps: int = Field(
+        default=20, gt=0, description="Decisions per rollout and invocation (waves, releases)"
+    )
+
+
 class BucketSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
 
@@ -136,4 +148,5 @@ scheduler = settings.cached(SchedulerSettings)
 dispatch = settings.cached(DispatchSettings)
 deadlines = settings.cached(DeadlineSettings)
 status = settings.cached(StatusSettings)
+rollout = settings.cached(RolloutSettings)
 buckets = settings.cached(BucketSettings)
