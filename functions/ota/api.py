@@ -17,6 +17,7 @@ the relay publishes the outbox (nothing is published from a request). Versions t
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -433,7 +434,7 @@ class RolloutCreate(Strict):
     @field_validator("waves")
     @classmethod
     def _ascending_to_100(cls, percents: list[float]) -> list[float]:
-        if any(b <= a for a, b in zip(percents, percents[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(percents)):
             raise ValueError(f"waves must ascend strictly, got {[f'{p:g}' for p in percents]}")
         if percents[-1] != 100:
             raise ValueError(f"the last wave must be 100 (every device), got {percents[-1]:g}")

@@ -36,7 +36,8 @@ def rollout_rows(env: dict[str, str], firmware: str, devices: list[str]) -> tupl
 def jobs_of(env: dict[str, str], rollout_id: str) -> dict[str, tuple[str, str]]:
     """device id -> (job id, status) of the rollout's current jobs."""
     rows = sql(env, "SELECT rd.device_id, j.id::text, j.status FROM ota.rollout_devices rd "
-               "JOIN ota.jobs j ON j.id = rd.job_id WHERE rd.rollout_id = %s", (rollout_id,))  # fmt: skip
+               "JOIN ota.jobs j ON j.id = rd.job_id WHERE rd.rollout_id = %s",
+               (rollout_id,))  # fmt: skip
     return {device: (job, status) for device, job, status in rows}
 
 
@@ -221,8 +222,9 @@ def test_a_pause_withdraws_undispatched_jobs_and_a_cancel_reports_dispatched_one
     assert paused.status_code == 200, paused.text
     assert paused.json()["status"] == "paused" and paused.json()["reason"] == "night shift"
     assert paused.json()["counts"]["pending"] == 2  # withdrawn, released again on resume
-    withdrawn = sql(ota_env, "SELECT status, status_reason FROM ota.jobs WHERE id = ANY(%s::uuid[])",
-                    ([released[d][0] for d in devices[2:]],))  # fmt: skip
+    later = [released[d][0] for d in devices[2:]]
+    withdrawn = sql(ota_env, "SELECT status, status_reason FROM ota.jobs "
+                    "WHERE id = ANY(%s::uuid[])", (later,))  # fmt: skip
     assert withdrawn == [("cancelled", "rollout paused: night shift")] * 2
 
     cancelled = api.post(f"/rollouts/{rid}/cancel", headers={"If-Match": paused.headers["etag"]})
@@ -263,8 +265,8 @@ def test_max_per_minute_releases_a_burst_then_waits(
     api: Any, firmware: str, fleet: Callable[..., list[str]], ota_env: dict[str, str]
 ) -> None:
     devices = fleet(5)
-    rid = api.post("/rollouts", json={"firmware_version": firmware, "devices": devices,
-                                      "waves": [100], "max_per_minute": 12}).json()["id"]  # fmt: skip
+    spec = {"firmware_version": firmware, "devices": devices, "max_per_minute": 12}
+    rid = api.post("/rollouts", json={**spec, "waves": [100]}).json()["id"]
     advance.advance(rid)
     advance.advance(rid)
     assert len(jobs_of(ota_env, rid)) == 2  # the bucket holds 10 s of 12/min
@@ -276,12 +278,13 @@ def test_devices_outside_their_maintenance_window_wait(
     later = (datetime.now(UTC).hour + 12) % 24  # a window twelve hours away, in UTC
     inside, outside = fleet(2, "Asia/Kolkata"), fleet(2, "UTC")
     window = {"cron": f"0 {later} * * *", "duration_minutes": 60}
-    rid = api.post("/rollouts", json={"firmware_version": firmware, "devices": outside,
-                                      "waves": [100], "maintenance_window": window}).json()["id"]  # fmt: skip
+    spec = {"firmware_version": firmware, "waves": [100]}
+    rid = api.post("/rollouts", json={**spec, "devices": outside,
+                                      "maintenance_window": window}).json()["id"]  # fmt: skip
     advance.advance(rid)
     assert jobs_of(ota_env, rid) == {}
     assert api.get(f"/rollouts/{rid}").json()["counts"]["pending"] == 2
     always = {"cron": "* * * * *", "duration_minutes": 5}
-    rid = api.post("/rollouts", json={"firmware_version": firmware, "devices": inside,
-                                      "waves": [100], "maintenance_window": always}).json()["id"]  # fmt: skip
+    rid = api.post("/rollouts", json={**spec, "devices": inside,
+                                      "maintenance_window": always}).json()["id"]  # fmt: skip
     wait_for(lambda: advance.advance(rid) and len(jobs_of(ota_env, rid)) == 2, what="released")
