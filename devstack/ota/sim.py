@@ -47,6 +47,7 @@ class Behaviour:
 
     firmware_ms: float = 500  # time spent flashing
     fail_rate: float = 0.0  # a device whose flash fails: reports error
+    fail_devices: frozenset[str] = frozenset()  # these fail too, whatever the rate
     drop_rate: float = 0.0  # a status never sent
     dup_rate: float = 0.0  # a status sent twice
     reorder_rate: float = 0.0  # a status held back and sent after the next one
@@ -109,7 +110,7 @@ class Device:
     ) -> None:
         self.id, self.broker, self.behaviour, self.stats = device_id, broker, behaviour, stats
         self.http, self.rng, self.connect_slots = http, rng, connect_slots
-        self.failing = rng.random() < behaviour.fail_rate
+        self.failing = rng.random() < behaviour.fail_rate or device_id in behaviour.fail_devices
         if self.failing:
             stats.failing.add(device_id)
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # statuses to send
