@@ -463,7 +463,7 @@ class RolloutCreate(Strict):
 
 class WaveOut(BaseModel):
     percent: float
-    devices: int = Field(description="Devices in this wave")
+    devices: list[str] = Field(description="Its device ids, in the order they were given")
     status: Literal["pending", "running", "paused", "done", "cancelled"]
     counts: dict[str, int] = Field(description="Its devices by job status (pending: no job yet)")
 
@@ -489,7 +489,7 @@ class RolloutOut(BaseModel):
     current_wave: int = Field(description="The latest wave started (1-based)")
     waves: list[WaveOut]
     counts: dict[str, int] = Field(description="Every device by job status")
-    devices: int
+    device_count: int
     success_threshold: float
     abort: Abort
     max_per_minute: int | None

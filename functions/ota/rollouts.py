@@ -158,7 +158,21 @@ def tallies(cur: Cursor, rollout: Rollout) -> list[waves.Tally]:
     return [waves.Tally(size, per_wave.get(i, Counter())) for i, size in enumerate(sizes)]
 
 
-def as_json(rollout: Rollout, counted: list[waves.Tally]) -> dict[str, Any]:
+def members(cur: Cursor, rollout: Rollout) -> list[list[str]]:
+    """Each wave's device ids, in the order they were given."""
+    cur.execute(
+        "SELECT wave, device_id FROM ota.rollout_devices WHERE rollout_id = %s ORDER BY position",
+        (rollout.id,),
+    )
+    found: list[list[str]] = [[] for _ in rollout.spec["waves"]]
+    for wave, device_id in cur.fetchall():
+        found[wave].append(device_id)
+    return found
+
+
+def as_json(cur: Cursor, rollout: Rollout) -> dict[str, Any]:
+    """The rollout as the API shows it, with its waves' devices and counts read now."""
+    counted = tallies(cur, rollout)
     spec = rollout.spec
     cancelled = rollout.status == "cancelled"
 
@@ -195,11 +209,13 @@ def as_json(rollout: Rollout, counted: list[waves.Tally]) -> dict[str, Any]:
         "firmware_version": rollout.firmware_version,
         "current_wave": rollout.wave + 1,
         "waves": [
-            {"percent": p, "devices": t.size, "status": wave_status(i, t), "counts": c}
-            for i, (p, t, c) in enumerate(zip(spec["waves"], counted, per_wave, strict=True))
+            {"percent": p, "devices": ids, "status": wave_status(i, t), "counts": c}
+            for i, (p, ids, t, c) in enumerate(
+                zip(spec["waves"], members(cur, rollout), counted, per_wave, strict=True)
+            )
         ],
         "counts": {k: total[k] for k in COUNTED},
-        "devices": rollout.device_count,
+        "device_count": rollout.device_count,
         "success_threshold": spec["success_threshold"],
         "abort": spec["abort"],
         "max_per_minute": spec.get("max_per_minute"),
@@ -215,7 +231,7 @@ def as_json(rollout: Rollout, counted: list[waves.Tally]) -> dict[str, Any]:
 
 def get(cur: Cursor, rollout_id: str) -> dict[str, Any] | None:
     rollout = _load(cur, rollout_id)
-    return None if rollout is None else as_json(rollout, tallies(cur, rollout))
+    return None if rollout is None else as_json(cur, rollout)
 
 
 def running(cur: Cursor) -> list[str]:
@@ -267,7 +283,7 @@ def create(cur: Cursor, spec: Spec) -> dict[str, Any]:
         [(rollout.id, n, d, waves.wave_of(n, ends)) for n, d in enumerate(device_ids)],
     )
     record(cur, rollout, "rollout.created")
-    return as_json(rollout, tallies(cur, rollout))
+    return as_json(cur, rollout)
 
 
 def _locked(cur: Cursor, rollout_id: str, expected_version: int) -> Rollout:
@@ -275,7 +291,7 @@ def _locked(cur: Cursor, rollout_id: str, expected_version: int) -> Rollout:
     if rollout is None:
         raise NotFound(f"no rollout {rollout_id}", field="rollout_id")
     if rollout.version != expected_version:
-        raise VersionMismatch(as_json(rollout, tallies(cur, rollout)), expected_version)
+        raise VersionMismatch(as_json(cur, rollout), expected_version)
     return rollout
 
 
@@ -314,7 +330,7 @@ def pause_by_request(
         )
     paused = pause(cur, rollout, reason or "paused by request", by="operator")
     assert paused is not None  # locked at this version
-    return as_json(paused, tallies(cur, paused))
+    return as_json(cur, paused)
 
 
 def resume(cur: Cursor, rollout_id: str, expected: int) -> dict[str, Any]:
@@ -327,7 +343,7 @@ def resume(cur: Cursor, rollout_id: str, expected: int) -> dict[str, Any]:
     resumed = _change(cur, rollout, status="running", reason=None, accepted_wave=rollout.wave)
     assert resumed is not None
     record(cur, resumed, "rollout.resumed")
-    return as_json(resumed, tallies(cur, resumed))
+    return as_json(cur, resumed)
 
 
 def cancel(cur: Cursor, rollout_id: str, expected: int, reason: str | None) -> dict[str, Any]:
@@ -357,7 +373,7 @@ def cancel(cur: Cursor, rollout_id: str, expected: int, reason: str | None) -> d
     done = _change(cur, rollout, status="cancelled", reason=why, cancellation=cancellation)
     assert done is not None
     record(cur, done, "rollout.cancelled", cancellation)
-    return as_json(done, tallies(cur, done))
+    return as_json(cur, done)
 
 
 def _stop_undispatched(cur: Cursor, rollout: Rollout, reason: str, *, release_again: bool = False
