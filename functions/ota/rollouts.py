@@ -376,8 +376,9 @@ def cancel(cur: Cursor, rollout_id: str, expected: int, reason: str | None) -> d
     return as_json(cur, done)
 
 
-def _stop_undispatched(cur: Cursor, rollout: Rollout, reason: str, *, release_again: bool = False
-                       ) -> int:  # fmt: skip
+def _stop_undispatched(
+    cur: Cursor, rollout: Rollout, reason: str, *, release_again: bool = False
+) -> int:
     """Cancel the rollout's released jobs no dispatcher has sent yet; how many. With
     `release_again`, their devices become pending, to be released anew later."""
     cur.execute(
