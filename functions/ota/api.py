@@ -5,7 +5,7 @@ GET  /firmwares, /firmwares/<version>
 PUT  /devices/<device_id>     {"model", "timezone"}: 201 registered, 200 updated
 GET  /devices/<device_id>
 POST /jobs                    {"device_id" | "device_ids", "firmware_version", schedule?}: 201
-GET  /jobs/<id>, /jobs?status=&device_id=&limit=&cursor=
+GET  /jobs/<id>, /jobs?status=&device_id=&rollout_id=&limit=&cursor=
 PATCH /jobs/<id>, POST /jobs/<id>/cancel   If-Match: <version> (428 without, 412 on mismatch)
 POST /rollouts                {"firmware_version", "devices" | "selector", "waves", ...}: 201
 GET  /rollouts/<id>           per-wave and overall counts by job status
@@ -315,11 +315,13 @@ def list_jobs(
     device_id: Annotated[str | None, Query(pattern=DEVICE_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
+    rollout_id: Annotated[str | None, Query(max_length=64, description="Its jobs only")] = None,
 ) -> dict[str, Any]:
     """Jobs in creation order, keyset-paginated: follow `next_cursor` until it is null."""
     found, next_cursor = clients.postgres.transaction(
-        lambda cur: jobs.page(cur, status=status, device_id=device_id, limit=limit, cursor=cursor)
-    )
+        lambda cur: jobs.page(cur, status=status, device_id=device_id, limit=limit,
+                              cursor=cursor, rollout_id=rollout_id)
+    )  # fmt: skip
     return {"jobs": [job.as_json() for job in found], "next_cursor": next_cursor}
 
 

@@ -266,11 +266,22 @@ def get(cur: Cursor, job_id: str, *, for_update: bool = False) -> Job | None:
 
 
 def page(
-    cur: Cursor, *, status: str | None, device_id: str | None, limit: int, cursor: str | None
+    cur: Cursor,
+    *,
+    status: str | None,
+    device_id: str | None,
+    limit: int,
+    cursor: str | None,
+    rollout_id: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """Jobs in creation order, `limit` at a time; the cursor is the last one's (created_at, id)."""
     where: list[str] = []
     params: list[Any] = []
+    if rollout_id is not None:
+        if not _is_uuid(rollout_id):
+            return [], None
+        where.append("rollout_id = %s")
+        params.append(rollout_id)
     if status is not None:
         where.append("status = %s")
         params.append(status)

@@ -261,6 +261,9 @@ def test_a_cancel_cancels_released_jobs_not_yet_dispatched(
     body = api.post(f"/rollouts/{rid}/cancel", headers={"If-Match": str(version)}).json()
     assert body["cancellation"] == {"cancelled_jobs": 3, "not_started": 0, "dispatched": []}
     assert body["counts"]["cancelled"] == 3
+    listed = api.get("/jobs", params={"rollout_id": rid, "status": "cancelled"}).json()["jobs"]
+    assert sorted(j["id"] for j in listed) == sorted(ids)
+    assert api.get("/jobs", params={"rollout_id": "not-a-uuid"}).json()["jobs"] == []
 
 
 def test_max_per_minute_releases_a_burst_then_waits(
