@@ -47,6 +47,18 @@ def devices(ota_api: str) -> Callable[[int], list[str]]:
 
 
 @pytest.fixture
+def mqtt_env(service_env: dict[str, str]) -> Iterator[None]:
+    """This process's settings from the stack's env (tests.ota_support.Commands connects by
+    them)."""
+    from functions.runtime import clients, settings
+
+    settings.reset()
+    clients.reset()
+    yield
+    settings.reset()
+
+
+@pytest.fixture
 def mqtt_client(stack_env: dict[str, str]) -> Iterator[mqtt.Client]:
     """A connected publisher (the stack's device user), reconnecting after a broker restart."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"e2e-{uuid.uuid4().hex}")

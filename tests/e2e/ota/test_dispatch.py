@@ -6,26 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import requests
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
 from devstack import wiring
-from functions.runtime import clients, settings
 from tests.ota_support import Commands, JobEvents, ready_event, unique
 from tests.support import start_stack, stop_service, wait_for
-
-
-@pytest.fixture
-def mqtt_env(service_env: dict[str, str]) -> Iterator[None]:
-    settings.reset()
-    clients.reset()
-    yield
-    settings.reset()
 
 
 def create(ota_api: str, device_id: str, firmware: str) -> dict[str, Any]:
