@@ -157,7 +157,8 @@ class Prometheus:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def _get(self, path: str, **params: str) -> Any:
+    def get(self, path: str, **params: str) -> Any:
+        """The `data` of a successful answer of GET /api/v1/<path>."""
         import requests
 
         answer = requests.get(f"{self.url}api/v1/{path}", params=params, timeout=5)
@@ -167,7 +168,7 @@ class Prometheus:
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """The instant vector of `expr` now: [{"metric": labels, "value": [time, "number"]}]."""
-        result: list[dict[str, Any]] = self._get("query", query=expr)["result"]
+        result: list[dict[str, Any]] = self.get("query", query=expr)["result"]
         return result
 
     def value(self, expr: str) -> float | None:
@@ -177,7 +178,7 @@ class Prometheus:
 
     def alerts(self, name: str, **labels: str) -> list[dict[str, Any]]:
         """Active (pending or firing) alerts `name` whose labels include `labels`."""
-        found: list[dict[str, Any]] = self._get("alerts")["alerts"]
+        found: list[dict[str, Any]] = self.get("alerts")["alerts"]
         return [
             alert
             for alert in found
@@ -185,5 +186,5 @@ class Prometheus:
         ]
 
     def targets(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self._get("targets", state="active")["activeTargets"]
+        found: list[dict[str, Any]] = self.get("targets", state="active")["activeTargets"]
         return found
