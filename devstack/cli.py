@@ -54,7 +54,8 @@ def up(
     ),
 ) -> None:
     """Install what is missing, start every service on 127.0.0.1, provision, migrate, and
-    start the local runtime: the broker and every function of the diagram."""
+    start the local runtime: the broker and every function of the diagram; with --monitoring,
+    Prometheus too (docs/operations.md, "Local Prometheus")."""
     seconds = stack.up(console, values or [], runtime=runtime, monitoring=monitoring)
     console.print(f"stack up in {seconds:.1f}s; settings in {PATHS.env_file}")
 
