@@ -104,7 +104,7 @@ def reload(service: ServiceSpec, pid: int, timeout: float = 20) -> None:
         if float(values["prometheus_config_last_reload_success_timestamp_seconds"]) >= int(asked):
             return True
         if values["prometheus_config_last_reload_successful"].strip() == "0":
-            raise process.start_error(service, "it refused the new config")
+            raise refused(service, "it refused the new config")
         return False
 
     try:
@@ -115,7 +115,15 @@ def reload(service: ServiceSpec, pid: int, timeout: float = 20) -> None:
             | tenacity.retry_if_exception_type(requests.RequestException),
         )(reloaded)
     except tenacity.RetryError:
-        raise process.start_error(service, f"no config reload after {timeout:.0f}s") from None
+        raise refused(service, f"no config reload after {timeout:.0f}s") from None
+
+
+def refused(service: ServiceSpec, reason: str) -> DevstackError:
+    log = PATHS.log(service.name)
+    return DevstackError(
+        f"{service.name}: {reason} ({CONFIG})\n  log: {log} (last lines below)\n"
+        f"{process.log_tail(log)}"
+    )
 
 
 def write_endpoint(settings: wiring.LocalPrometheus) -> None:
