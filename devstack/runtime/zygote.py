@@ -40,7 +40,7 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -118,12 +118,12 @@ class Child:
 class Zygote:
     """The supervisor's handle: start processes through it and wait for their exits."""
 
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, env: dict[str, str], cwd: Path, preload: Sequence[str] = PRELOAD) -> None:
         self._requests, requests_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._exits, exits_end = socket.socketpair()
         ends = (requests_end.fileno(), exits_end.fileno())
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.runtime.zygote", *map(str, ends)],
+            [sys.executable, "-m", "devstack.runtime.zygote", *map(str, ends), *preload],
             pass_fds=ends,
             cwd=cwd,
             env={**env, ENVIRON_SPACE: "x" * ENVIRON_BYTES},
@@ -188,10 +188,10 @@ class Zygote:
 # --- the zygote process ------------------------------------------------------------------------
 
 
-def main(requests: socket.socket, exits: socket.socket) -> None:
+def main(requests: socket.socket, exits: socket.socket, preload: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in `make dev`: the supervisor decides
     sockets_before = _sockets()
-    for module in PRELOAD:
+    for module in preload:
         importlib.import_module(module)
     threads = os.listdir("/proc/self/task")
     if len(threads) != 1 or threading.active_count() != 1:
@@ -315,4 +315,5 @@ if __name__ == "__main__":
     main(
         socket.socket(fileno=int(sys.argv[1])),
         socket.socket(fileno=int(sys.argv[2])),
+        sys.argv[3:],
     )
