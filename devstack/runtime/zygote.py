@@ -72,6 +72,11 @@ PRELOAD = (
     "croniter",
     "orjson",
     "yaml",
+    "pythonjsonlogger.json",
+    "pybreaker",
+    "filetype",
+    "PIL.Image",
+    "pydantic.v1",
 )
 ENVIRON_SPACE = "OBJECTFLOW_ZYGOTE_ENVIRON_SPACE"  # reserves room for a child's environ
 ENVIRON_BYTES = 120 * 1024  # one variable may hold at most 128 KiB (MAX_ARG_STRLEN)
