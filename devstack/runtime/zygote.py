@@ -10,11 +10,12 @@ which runs its module as `python -m` would (runpy). Only third-party libraries a
 each child imports the project's code itself, so a restarted child runs the code on disk now.
 
 A child is its own process as before: its own environment (written into its original environ
-area too, so /proc/<pid>/environ and `ps e` show it), its log on fds 1 and 2, its name in
-/proc/<pid>/comm (`ps -o comm`); it gets SIGTERM when the zygote dies, and the zygote when the
-supervisor dies, so no child outlives the supervisor; and it stays in the supervisor's process
-group. Interpreter options read at startup (PYTHON* variables such as PYTHONPATH) are the
-zygote's: the supervisor's environment, which every child shares anyway.
+area too, so /proc/<pid>/environ and `ps e` show it), its command line (`python -m <module>
+...`, written over its argv area as setproctitle does, so `ps` and psutil show it), its name
+in /proc/<pid>/comm, its log on fds 1 and 2; it gets SIGTERM when the zygote dies, and the
+zygote when the supervisor dies, so no child outlives the supervisor; and it stays in the
+supervisor's process group. Interpreter options read at startup (PYTHON* variables such as
+PYTHONPATH) are the zygote's: the supervisor's environment, which every child shares anyway.
 
 Protocol: the supervisor sends a JSON request (argv after `-m`, env, cwd, name) with the fd for
 the child's output over a SOCK_SEQPACKET pair and gets {"pid": ...} back; the zygote reports
@@ -80,6 +81,8 @@ PRELOAD = (
 )
 ENVIRON_SPACE = "OBJECTFLOW_ZYGOTE_ENVIRON_SPACE"  # reserves room for a child's environ
 ENVIRON_BYTES = 120 * 1024  # one variable may hold at most 128 KiB (MAX_ARG_STRLEN)
+TITLE_BYTES = 2048  # room in the argv area for a child's command line
+TITLE = "python -m devstack.runtime.zygote (the objectflow runtime's zygote)"
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15  # linux/prctl.h
 
 
@@ -127,8 +130,10 @@ class Zygote:
         self._requests, requests_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._exits, exits_end = socket.socketpair()
         ends = (requests_end.fileno(), exits_end.fileno())
+        arguments = [",".join(preload), "x" * TITLE_BYTES]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.runtime.zygote", *map(str, ends), *preload],
+            # The last argument only reserves room for a child's command line.
+            [sys.executable, "-m", "devstack.runtime.zygote", *map(str, ends), *arguments],
             pass_fds=ends,
             cwd=cwd,
             env={**env, ENVIRON_SPACE: "x" * ENVIRON_BYTES},
@@ -195,6 +200,7 @@ class Zygote:
 
 def main(requests: socket.socket, exits: socket.socket, preload: Sequence[str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in `make dev`: the supervisor decides
+    _set_title(TITLE)
     sockets_before = _sockets()
     for module in preload:
         importlib.import_module(module)
@@ -281,6 +287,7 @@ def _child(request: dict[str, object], output: int) -> NoReturn:
         env: dict[str, str] = request["env"]  # type: ignore[assignment]
         os.chdir(cwd)
         _set_environment(env)
+        _set_title(" ".join([sys.executable, "-m", *argv]))
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
         sys.argv = argv
@@ -303,14 +310,30 @@ def _child(request: dict[str, object], output: int) -> NoReturn:
     os._exit(code)
 
 
+def _areas() -> tuple[int, int, int, int]:
+    """Where this process's argv and environ strings lie: arg_start, arg_end, env_start,
+    env_end (proc(5) fields 48-51 of /proc/self/stat)."""
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    arg_start, arg_end, env_start, env_end = (int(f) for f in fields[45:49])
+    return arg_start, arg_end, env_start, env_end
+
+
+def _set_title(title: str) -> None:
+    """Show `title` as the command line (/proc/<pid>/cmdline, `ps`), as setproctitle does:
+    written over the argv area, NUL-terminated, the area's last byte left non-NUL, so Linux
+    reads the area as one string up to that NUL (psutil splits it at the spaces)."""
+    start, end, _, _ = _areas()
+    text = title.encode()[: end - start - 2] + b"\0"
+    ctypes.memmove(start, text.ljust(end - start, b" "), end - start)
+
+
 def _set_environment(env: dict[str, str]) -> None:
     """Replace os.environ with `env`, and write it over the environ area the zygote was
-    exec'd with, where /proc/<pid>/environ reads it (as setproctitle does for argv)."""
+    exec'd with, where /proc/<pid>/environ reads it (as `_set_title` does for argv)."""
     os.environ.clear()
     os.environ.update(env)
     block = b"".join(os.fsencode(k) + b"=" + os.fsencode(v) + b"\0" for k, v in env.items())
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    start, end = int(fields[47]), int(fields[48])  # env_start, env_end (proc(5) fields 50, 51)
+    _, _, start, end = _areas()
     if len(block) >= end - start:
         raise SystemExit(f"zygote: the environment ({len(block)} bytes) exceeds {end - start}")
     ctypes.memmove(start, block.ljust(end - start, b"\0"), end - start)
@@ -320,5 +343,5 @@ if __name__ == "__main__":
     main(
         socket.socket(fileno=int(sys.argv[1])),
         socket.socket(fileno=int(sys.argv[2])),
-        sys.argv[3:],
+        [module for module in sys.argv[3].split(",") if module],
     )

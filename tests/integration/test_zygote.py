@@ -26,7 +26,7 @@ def test_a_forked_child_is_its_own_process_with_its_own_env_output_and_exit_code
 ) -> None:
     log = tmp_path / "probe.log"
 
-    async def scenario() -> tuple[int, int, dict[str, str], str, int | None, int | None]:
+    async def scenario() -> tuple[int, int, dict[str, str], str, list[str], int | None, int | None]:
         zygote = Zygote(dict(os.environ), ROOT, LIGHT)
         watching = asyncio.ensure_future(zygote.watch())
         try:
@@ -40,17 +40,25 @@ def test_a_forked_child_is_its_own_process_with_its_own_env_output_and_exit_code
                 )
             code = await exiting.wait()
             proc = psutil.Process(waiting.pid)
-            environ, name, parent = proc.environ(), proc.name(), proc.ppid()
+            environ, name, parent, cmdline = (
+                proc.environ(),
+                proc.name(),
+                proc.ppid(),
+                proc.cmdline(),
+            )
+            zygote_cmdline = psutil.Process(zygote.process.pid).cmdline()
+            assert zygote_cmdline[:3] == ["python", "-m", "devstack.runtime.zygote"]
             os.kill(waiting.pid, signal.SIGTERM)
-            return waiting.pid, parent, environ, name, await waiting.wait(), code
+            return waiting.pid, parent, environ, name, cmdline, await waiting.wait(), code
         finally:
             zygote.close()
             await watching
 
-    pid, parent, environ, name, terminated, code = asyncio.run(scenario())
+    pid, parent, environ, name, cmdline, terminated, code = asyncio.run(scenario())
     assert pid != os.getpid() and parent != os.getpid()  # the zygote's child, not ours
     assert environ == {"PATH": os.environ["PATH"], "OBJECTFLOW_COMPONENT": "probe-1"}
     assert name == "probe-1"
+    assert cmdline == [sys.executable, "-m", PROBE, "0", "wait"]  # as `ps` shows it
     assert (terminated, code) == (-signal.SIGTERM, 3)
     lines = log.read_text().splitlines()
     assert "argv ['0', 'wait'] component probe-1" in lines
