@@ -226,7 +226,9 @@ def main(requests: socket.socket, exits: socket.socket, preload: Sequence[str]) 
                         return  # the supervisor is gone
                     request = json.loads(message)
                     pid = os.fork()
-                    if pid == 0:
+                    if pid == 0:  # the child: the zygote's signal plumbing first
+                        signal.set_wakeup_fd(-1)
+                        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                         selector.close()
                         requests.close()
                         exits.close()
@@ -274,8 +276,6 @@ def _child(request: dict[str, object], output: int) -> NoReturn:
     """Become the requested process: `python -m argv[0] argv[1:]`, then exit with its code."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
