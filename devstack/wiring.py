@@ -399,6 +399,14 @@ class KafkaSource(Model):
         description="Overrides of `delivery` for posting records to the broker; then the "
         "record is dead-lettered and its offset committed",
     )
+    local_session_timeout_ms: int | None = Field(
+        default=None,
+        ge=6000,
+        le=300000,
+        description="Local runtime only: its consumer's group session timeout, how long a "
+        "member that died without leaving holds its partitions (default kafka-python's 45 s; "
+        "in a cluster the KafkaSource dispatcher's consumer configuration sets it)",
+    )
 
 
 class OutboxRelay(Model):
