@@ -148,7 +148,7 @@ def post_until_accepted(
         give_up = give_up | tenacity.stop_after_delay(within)
     tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(SinkUnavailable),
-        wait=tenacity.wait_exponential_jitter(initial=0.2, max=max_wait, jitter=0.2),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=max_wait, jitter=0.2),
         stop=give_up,
         sleep=interruptible_sleep(stop),
         before_sleep=_announce_retry(event, source, on_retry),
