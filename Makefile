@@ -17,8 +17,8 @@ bootstrap: ## install uv (if missing) and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || [ -x $(HOME)/.local/bin/uv ] || python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --frozen --quiet
 
-up: bootstrap ## install what is missing, start and provision every service, start the local runtime
-	@$(RUN) objectflow up
+up: bootstrap ## install what is missing, start and provision every service, start the local runtime; MONITORING=1: and Prometheus
+	@$(RUN) objectflow up $(if $(MONITORING),--monitoring)
 
 down: bootstrap ## stop what `make up` started (by pid)
 	@$(RUN) objectflow down

@@ -14,6 +14,7 @@ from devstack.config import HOST, PATHS, ROOT, read_env_file
 from devstack.errors import DevstackError
 from devstack.ota import sim as ota_sim
 from devstack.process import free_port
+from devstack.runtime.zygote import Zygote
 from devstack.wiring import Values
 from devstack.wiring import load as load_values
 
@@ -23,6 +24,7 @@ __all__ = [
     "ROOT",
     "DevstackError",
     "Values",
+    "Zygote",
     "broker_url",
     "camera_sim",
     "free_port",

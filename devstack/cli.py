@@ -46,10 +46,17 @@ Overlays = Annotated[list[Path] | None, typer.Option("--values", "-f", help=VALU
 def up(
     values: Overlays = None,
     runtime: bool = typer.Option(True, help="Also start the local runtime (broker + functions)."),
+    monitoring: bool = typer.Option(
+        False,
+        "--monitoring",
+        help="Also start Prometheus (Debian's), scraping the runtime with the alert rules loaded "
+        "(as values' local.prometheus.enabled does); a running one is kept up to date anyway.",
+    ),
 ) -> None:
     """Install what is missing, start every service on 127.0.0.1, provision, migrate, and
-    start the local runtime: the broker and every function of the diagram."""
-    seconds = stack.up(console, values or [], runtime=runtime)
+    start the local runtime: the broker and every function of the diagram; with --monitoring,
+    Prometheus too (docs/operations.md, "Local Prometheus")."""
+    seconds = stack.up(console, values or [], runtime=runtime, monitoring=monitoring)
     console.print(f"stack up in {seconds:.1f}s; settings in {PATHS.env_file}")
 
 
@@ -84,7 +91,8 @@ def down(
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
-    """One row per service: up/down, port, pid, log file."""
+    """One row per service: up/down, port, pid, log file; then each function, and the local
+    Prometheus's URL with its alerts."""
     rows = stack.status()
     if as_json:
         typer.echo(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))
@@ -101,6 +109,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     console.print(functions)
     console.print(f"broker events pending: {stack.broker_pending()}")
     console.print(f"dead letters waiting: {stack.dead_letter_count()}")
+    console.print(f"prometheus: {stack.prometheus_summary()}", highlight=False)
 
 
 @app.command()

@@ -276,6 +276,8 @@ KIND = GoBinary("kind", "sigs.k8s.io/kind", "sigs.k8s.io/kind", "v0.30.0")
 # promtool checks and unit-tests the alert rules (tests/chart/test_alerts.py); Debian's
 # prometheus package carries it (its daemon is kept from starting, as every package here).
 PROMTOOL = Apt("prometheus", "promtool")
+# The same package's server: the local stack's Prometheus (devstack/monitoring.py).
+PROMETHEUS = Apt("prometheus", "prometheus")
 APT = {
     "postgresql": Apt("postgresql-15", str(POSTGRES_BIN / "postgres")),
     "redis": Apt("redis-server", "redis-server"),

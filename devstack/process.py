@@ -6,14 +6,13 @@ is known only by `run/<name>.pid`: nothing is ever found or killed by name.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import suppress
 from pathlib import Path
 
@@ -65,23 +64,6 @@ def port_holder(port: int) -> str | None:
                 return f"pid {conn.pid} ({shlex.join(psutil.Process(conn.pid).cmdline())[:120]})"
             return f"pid {conn.pid}"
     return None
-
-
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def dies_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None]:
-    """A `preexec_fn` asking Linux to send the child `signum` when the process that spawned it
-    dies, however it dies (SIGKILL included), so no child outlives its supervisor."""
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signum)
-
-    return preexec
 
 
 def reap(records: Iterable[tuple[int, float]], timeout: float = 10.0) -> int:

@@ -16,8 +16,8 @@ import psutil
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from devstack import install, process, wiring
-from devstack.config import PATHS, STACK
+from devstack import install, process, prometheus, wiring
+from devstack.config import HOST, PATHS, STACK
 from devstack.errors import DevstackError
 from devstack.services import ServiceSpec, specs
 
@@ -190,8 +190,36 @@ def write_runtime_endpoints(values: wiring.Values, overlays: Sequence[Path]) -> 
             for c in supervisor.components(values, overlays)
             if c.url
         },
+        "metrics": metrics_targets(values, overlays),
     }
     PATHS.endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
+
+
+def metrics_targets(values: wiring.Values, overlays: Sequence[Path]) -> dict[str, dict[str, str]]:
+    """Every process of the runtime that serves Prometheus metrics, with its kind (broker,
+    function, source): the broker, each process of a function or platform component whose code
+    is under functions/ (the frames serve /metrics; a test subscriber does not), and each
+    source started with a metrics port."""
+    from devstack.runtime import supervisor
+
+    found = {"broker": {"url": f"{supervisor.broker_url(values)}metrics", "kind": "broker"}}
+    product = {
+        process: served
+        for name, served in values.served().items()
+        for process in (
+            supervisor.process_names(name, served)
+            if isinstance(served, wiring.Function)
+            else [name]
+        )
+        if served.source.startswith("functions/")
+    }
+    for component in supervisor.components(values, overlays):
+        port = component.env.get("OBJECTFLOW_METRICS_PORT")
+        if component.name in product and component.url:
+            found[component.name] = {"url": f"{component.url}metrics", "kind": "function"}
+        elif port:
+            found[component.name] = {"url": f"http://{HOST}:{port}/metrics", "kind": "source"}
+    return found
 
 
 def runtime_fingerprint(spec: ServiceSpec, values: wiring.Values) -> str:
@@ -210,23 +238,53 @@ def runtime_fingerprint(spec: ServiceSpec, values: wiring.Values) -> str:
     return hashlib.sha256("\n".join(material).encode()).hexdigest()
 
 
-def up(console: Console, overlays: Sequence[Path] = (), runtime: bool = True) -> float:
-    """Install, start, provision, migrate, then start the runtime; return the seconds it took."""
+def up(
+    console: Console, overlays: Sequence[Path] = (), runtime: bool = True, monitoring: bool = False
+) -> float:
+    """Install, start, provision, migrate, then start the runtime, and Prometheus when asked
+    (`monitoring`, `local.prometheus.enabled`) or already running; return the seconds it took."""
     started = time.monotonic()
     # Buckets, topics and collections: what the domains (and Kafka sources) of these values need.
-    infrastructure = wiring.load(*overlays).infrastructure()
+    values = wiring.load(*overlays)
+    infrastructure = values.infrastructure()
     services = specs(infrastructure=infrastructure)
+    prometheus_spec = monitoring_spec(values)
+    # A running Prometheus gets the new config too: the runtime's ports may have changed.
+    monitoring = monitoring or values.local.prometheus.enabled or process.is_up(prometheus_spec)
     STACK.write_files(PATHS, infrastructure)
     # Debian packages first and in one apt run; Go and Maven builds happen per service, so
     # services that need no build start meanwhile.
-    apt, _ = install.missing([need for spec in services.values() for need in spec.needs])
+    needs = [need for spec in services.values() for need in spec.needs]
+    apt, _ = install.missing(needs + (list(prometheus_spec.needs) if monitoring else []))
     if apt:
         run_rows(console, {"apt": partial(install_packages, apt)})
     run_rows(console, {name: partial(bring_up, spec) for name, spec in services.items()})
     run_rows(console, {"migrations": migrate})
     if runtime:
         run_rows(console, {"runtime": partial(start_runtime, overlays)})
+    if monitoring:
+        run_rows(console, {"prometheus": partial(start_prometheus, values)})
     return time.monotonic() - started
+
+
+def monitoring_spec(values: wiring.Values | None = None) -> ServiceSpec:
+    return prometheus.spec((values or wiring.default()).local.prometheus)
+
+
+def start_prometheus(values: wiring.Values, step: Step) -> str:
+    """Write the scrape config from endpoints.json; start Prometheus, or have a running one
+    reload the config if it changed."""
+    settings = values.local.prometheus
+    spec = monitoring_spec(values)
+    step("writing the scrape config")
+    changed = prometheus.write_config(settings)
+    pid = process.our_pid(spec)
+    if pid is not None and changed and not started_otherwise(spec, pid):
+        step("reloading its config")
+        prometheus.reload(spec, pid)
+    done = bring_up(spec, step)
+    prometheus.write_endpoint(settings)
+    return f"{done}; {prometheus.url(settings)}"
 
 
 def stop(spec: ServiceSpec, step: Step) -> str:
@@ -247,7 +305,8 @@ def down(console: Console, runtime_only: bool = False) -> None:
     """Stop the runtime first (its functions use the services), then every service."""
     run_rows(console, {"runtime": stop_runtime})
     if not runtime_only:
-        run_rows(console, {name: partial(stop, spec) for name, spec in specs().items()})
+        stopping = {**specs(), "prometheus": monitoring_spec()}
+        run_rows(console, {name: partial(stop, spec) for name, spec in stopping.items()})
 
 
 def runtime_spec() -> ServiceSpec:
@@ -274,7 +333,7 @@ def status() -> list[Status]:
             pid=process.our_pid(spec),
             log=str(PATHS.log(spec.name)),
         )
-        for spec in [*specs().values(), runtime_spec()]
+        for spec in [*specs().values(), runtime_spec(), monitoring_spec()]
     ]
 
 
@@ -343,3 +402,7 @@ def dead_letter_count() -> str:
             return str(store.count_pending())
     except Exception as exc:  # status must print even when PostgreSQL is down
         return f"unknown ({type(exc).__name__})"
+
+
+def prometheus_summary() -> str:
+    return prometheus.alerts_summary(wiring.default().local.prometheus)

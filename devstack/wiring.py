@@ -399,6 +399,14 @@ class KafkaSource(Model):
         description="Overrides of `delivery` for posting records to the broker; then the "
         "record is dead-lettered and its offset committed",
     )
+    local_session_timeout_ms: int | None = Field(
+        default=None,
+        ge=6000,
+        le=300000,
+        description="Local runtime only: its consumer's group session timeout, how long a "
+        "member that died without leaving holds its partitions (default kafka-python's 45 s; "
+        "in a cluster the KafkaSource dispatcher's consumer configuration sets it)",
+    )
 
 
 class OutboxRelay(Model):
@@ -420,9 +428,25 @@ class Sources(Model):
     outbox_relays: dict[str, OutboxRelay] = {}
 
 
+class LocalPrometheus(Model):
+    """Debian's Prometheus on the local stack, scraping the runtime and loading the alert rules
+    (devstack/monitoring.py)."""
+
+    enabled: bool = Field(
+        default=False, description="`make up` starts it (as `--monitoring` / MONITORING=1 do)"
+    )
+    port: int = Field(default=9095, gt=0, lt=65536)
+    scrape_interval: str = Field(
+        default="15s",
+        pattern=r"^[0-9]+(ms|s|m)$",
+        description="Scrape and rule evaluation interval (a Prometheus duration)",
+    )
+
+
 class Local(Model):
     broker_port: int = Field(default=8080, gt=0, lt=65536)
     function_port_base: int = Field(default=10000, gt=0, lt=65536 - PORT_SPAN)
+    prometheus: LocalPrometheus = LocalPrometheus()
 
 
 class Domain(Model):
@@ -527,6 +551,21 @@ class Migrations(Model):
     backoff_limit: int = Field(default=10, ge=0)
 
 
+class Grafana(Model):
+    enabled: bool = Field(
+        default=True,
+        description="With monitoring.enabled: the dashboards (dashboards/*.json) as ConfigMaps "
+        "for Grafana's sidecar",
+    )
+    labels: dict[str, str] = Field(
+        default={"grafana_dashboard": "1"},
+        description="Labels of the dashboard ConfigMaps: what the sidecar's `label` selects",
+    )
+    annotations: dict[str, str] = Field(
+        default={}, description="Annotations of the dashboard ConfigMaps, e.g. the sidecar's folder"
+    )
+
+
 class Monitoring(Model):
     enabled: bool = Field(
         default=False,
@@ -535,6 +574,7 @@ class Monitoring(Model):
     labels: dict[str, str] = Field(
         default={}, description="Extra labels of the PrometheusRule (the operator's ruleSelector)"
     )
+    grafana: Grafana = Grafana()
 
 
 class DevServiceImages(Model):

@@ -149,3 +149,42 @@ class RecordingSink:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class Prometheus:
+    """The HTTP API of the local stack's Prometheus (devstack/prometheus.py)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def get(self, path: str, **params: str) -> Any:
+        """The `data` of a successful answer of GET /api/v1/<path>."""
+        import requests
+
+        answer = requests.get(f"{self.url}api/v1/{path}", params=params, timeout=5)
+        body = answer.json()
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """The instant vector of `expr` now: [{"metric": labels, "value": [time, "number"]}]."""
+        result: list[dict[str, Any]] = self.get("query", query=expr)["result"]
+        return result
+
+    def value(self, expr: str) -> float | None:
+        """The one sample of `expr` (e.g. a `sum(...)`), or None when it has none."""
+        found = self.query(expr)
+        return float(found[0]["value"][1]) if found else None
+
+    def alerts(self, name: str, **labels: str) -> list[dict[str, Any]]:
+        """Active (pending or firing) alerts `name` whose labels include `labels`."""
+        found: list[dict[str, Any]] = self.get("alerts")["alerts"]
+        return [
+            alert
+            for alert in found
+            if alert["labels"]["alertname"] == name and labels.items() <= alert["labels"].items()
+        ]
+
+    def targets(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.get("targets", state="active")["activeTargets"]
+        return found

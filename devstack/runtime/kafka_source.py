@@ -204,7 +204,10 @@ class Source:
         patience = self.delivery.window("Kafka") + self.delivery.timeout_seconds * (
             self.delivery.retry + 1
         )
+        # kafka-python's default session timeout unless values set one (local-session-timeout-ms)
+        timeout = self.spec.local_session_timeout_ms
         self.consumer = KafkaConsumer(
+            **({} if timeout is None else {"session_timeout_ms": timeout}),
             bootstrap_servers=settings.kafka().servers,
             client_id=f"{settings.kafka().client_id}-{name}",
             group_id=self.spec.consumer_group,

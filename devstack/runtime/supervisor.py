@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 import requests
@@ -39,6 +40,7 @@ from devstack.errors import DevstackError
 from devstack.runtime import knative
 from devstack.runtime.broker import Broker, routes, serve
 from devstack.runtime.journal import Journal
+from devstack.runtime.zygote import Child, Zygote, ZygoteGone
 from devstack.services import ServiceSpec
 from functions.sources.sink import DEAD_LETTER_ENV
 
@@ -61,6 +63,12 @@ class Component:
     @property
     def url(self) -> str | None:
         return None if self.port is None else f"http://{HOST}:{self.port}/"
+
+    @property
+    def module_argv(self) -> list[str]:
+        """`command` without `python -m`: what the zygote runs (every component is a module)."""
+        assert self.command[:2] == [sys.executable, "-m"], self.command
+        return self.command[2:]
 
 
 def _serve(name: str, served: wiring.Serve, port: int, env: dict[str, str]) -> Component:
@@ -167,19 +175,24 @@ def broker_url(values: wiring.Values) -> str:
 
 
 class Supervisor:
-    def __init__(self, values: wiring.Values, overlays: Sequence[Path], foreground: bool) -> None:
+    def __init__(
+        self, values: wiring.Values, overlays: Sequence[Path], foreground: bool, zygote: Zygote
+    ) -> None:
         self.values = values
         self.components = components(values, overlays)
         self.console = Console(highlight=False) if foreground else None
         self.stopping = asyncio.Event()
-        self.processes: dict[str, asyncio.subprocess.Process] = {}
+        self.started: dict[str, Child] = {}
         self.children: dict[str, dict[str, float | int | None]] = {}
-        # Functions read the stack's settings; the caller's environment wins.
-        self.env = {**read_env_file(PATHS), **os.environ, "PYTHONUNBUFFERED": "1"}
+        self.env = children_env()
+        self.zygote = zygote
+        self.watchers: set[asyncio.Future[None]] = set()
+        self.failed = False
 
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
+        self._watch_zygote()
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
         broker = Broker(
             routes(self.values),
@@ -219,25 +232,21 @@ class Supervisor:
                 # In the background the child writes its log itself: relaying every line
                 # would cost the broker's event loop CPU per event a chatty function logs.
                 relayed = self.console is not None
-                proc = await asyncio.create_subprocess_exec(
-                    *component.command,
-                    cwd=ROOT,
-                    env={**self.env, **component.env, "OBJECTFLOW_COMPONENT": component.name},
-                    stdout=asyncio.subprocess.PIPE if relayed else log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    preexec_fn=process.dies_with_parent(signal.SIGTERM),
-                )
-                self.processes[component.name] = proc
-                self._record(component, proc.pid)
+                read_end, write_end = os.pipe() if relayed else (None, log_file.fileno())
+                try:
+                    child = await self._spawn(component, write_end)
+                except ZygoteGone:
+                    return  # _spawn stopped the runtime
+                finally:
+                    if read_end is not None:
+                        os.close(write_end)
+                self.started[component.name] = child
+                self._record(component.name, child.pid, component.port)
                 where = f" on {component.url}" if component.url else ""
-                self._say(component.name, f"started (pid {proc.pid}){where}", index)
-                if relayed:
-                    assert proc.stdout is not None
-                    async for line in proc.stdout:
-                        log_file.write(line)
-                        log_file.flush()
-                        self._say(component.name, line.decode(errors="replace").rstrip(), index)
-                code = await proc.wait()
+                self._say(component.name, f"started (pid {child.pid}){where}", index)
+                if read_end is not None:
+                    await self._relay(component.name, read_end, log_file, index)
+                code = await child.wait()
                 if self.stopping.is_set():
                     return
                 if time.monotonic() - started > 30:
@@ -247,28 +256,73 @@ class Supervisor:
                     await asyncio.wait_for(self.stopping.wait(), pause)
                 pause = min(pause * 2, 30)
 
-    def _record(self, component: Component, pid: int) -> None:
+    async def _spawn(self, component: Component, output: int) -> Child:
+        """Fork `component` from the zygote; if that has died, from a new one; if that one
+        fails too, stop the runtime (it cannot start anything)."""
+        env = {**self.env, **component.env, "OBJECTFLOW_COMPONENT": component.name}
+        for attempt in (1, 2):
+            if self.zygote.gone:
+                self._say("zygote", "exited; starting another", 0)
+                self.zygote = Zygote(self.env, ROOT)
+                self._watch_zygote()
+            try:
+                return await asyncio.to_thread(
+                    self.zygote.spawn, component.module_argv, env, ROOT, output, component.name
+                )
+            except ZygoteGone as exc:
+                self.zygote.gone = True
+                if attempt == 2:
+                    self._say("zygote", f"cannot start processes ({exc}); stopping", 0)
+                    self.failed = True
+                    self.stopping.set()
+                    raise
+        raise AssertionError("unreachable")
+
+    def _watch_zygote(self) -> None:
+        self.watchers.add(task := asyncio.ensure_future(self.zygote.watch()))
+        task.add_done_callback(self.watchers.discard)
+        # Recorded too: the next start reaps it (and what it forked) if it outlived us.
+        self._record("zygote", self.zygote.process.pid, None)
+
+    async def _relay(self, name: str, read_end: int, log_file: BinaryIO, index: int) -> None:
+        """Copy a child's output to its log and the terminal, line by line, until it closes."""
+        reader = asyncio.StreamReader()
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_end, "rb", 0)
+        )
+        try:
+            async for line in reader:
+                log_file.write(line)
+                log_file.flush()
+                self._say(name, line.decode(errors="replace").rstrip(), index)
+        finally:
+            transport.close()
+
+    def _record(self, name: str, pid: int, port: int | None) -> None:
         """Note a started child (pid, start time, port) where the next start and `status`
         find it; written whole and renamed into place, so a reader never sees half of it."""
         with contextlib.suppress(psutil.Error):
             created = psutil.Process(pid).create_time()
-            self.children[component.name] = {"pid": pid, "created": created, "port": component.port}
+            self.children[name] = {"pid": pid, "created": created, "port": port}
         CHILDREN.parent.mkdir(parents=True, exist_ok=True)
         partial = CHILDREN.with_suffix(".tmp")
         partial.write_text(json.dumps(self.children, indent=2) + "\n")
         partial.replace(CHILDREN)
 
     async def _terminate(self) -> None:
-        running = [p for p in self.processes.values() if p.returncode is None]
-        for proc in running:
+        running = [child for child in self.started.values() if child.running]
+        for child in running:
             with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+                os.kill(child.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), 10)
+            await asyncio.wait_for(asyncio.gather(*(child.wait() for child in running)), 10)
         except TimeoutError:
-            for proc in running:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
+            for child in running:
+                if child.running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+        self.zygote.close()
 
     def _say(self, name: str, line: str, index: int) -> None:
         if self.console is not None:
@@ -378,8 +432,19 @@ def health_state(name: str, records: dict[str, dict[str, float | int | None]]) -
     return "up" if ours in lineage else f"stale (pid {pid} answers, not ours)"
 
 
+def children_env() -> dict[str, str]:
+    """What every child's environment starts from: the stack's settings, then the caller's."""
+    return {**read_env_file(PATHS), **os.environ, "PYTHONUNBUFFERED": "1"}
+
+
 def run(overlays: Sequence[Path], foreground: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # First, before the event loop exists: it preloads while the broker starts (one that
+    # replaces it after a crash is started by exec too, so it never inherits the loop).
+    zygote = Zygote(children_env(), ROOT)
     values = wiring.load(*overlays)
     # uvloop: the loop's own share of the broker's CPU fell to about a third (bench/README.md)
-    uvloop.run(Supervisor(values, overlays, foreground).run())
+    supervisor = Supervisor(values, overlays, foreground, zygote)
+    uvloop.run(supervisor.run())
+    if supervisor.failed:
+        raise SystemExit(1)

@@ -64,8 +64,16 @@ class Row:
         return json.dumps(self.payload, separators=(",", ":")).encode()
 
 
-def ready_rows(cur: Cursor, lanes: list[int], lane_count: int, limit: int) -> list[Row]:
-    """Pending rows of `lanes` that may be sent now, oldest first, below the xmin horizon.
+def ready_rows(
+    cur: Cursor,
+    lanes: list[int],
+    lane_count: int,
+    limit: int,
+    skip_ids: list[int] | None = None,
+    skip_devices: list[str] | None = None,
+) -> list[Row]:
+    """Pending rows of `lanes` that may be sent now, oldest first, below the xmin horizon,
+    leaving out `skip_ids` (read already) and `skip_devices` (a row refused this cycle).
 
     The caller holds the lanes' advisory locks (ADVISORY_NAMESPACE, lane) for its transaction.
 
@@ -78,11 +86,15 @@ def ready_rows(cur: Cursor, lanes: list[int], lane_count: int, limit: int) -> li
     replica) filters no lanes, since the lane filter's guessed selectivity makes PostgreSQL sort
     the whole backlog instead.
     """
-    lane_filter = (
+    filters = (
         ""
         if len(lanes) >= lane_count
         else "AND abs(hashtext(partition_key)) %% %(lane_count)s = ANY(%(lanes)s)"
     )
+    if skip_ids:
+        filters += " AND id <> ALL(%(skip_ids)s)"
+    if skip_devices:
+        filters += " AND partition_key <> ALL(%(skip_devices)s)"
     cur.execute(
         f"""
         SELECT id, event_id::text, aggregate_id, partition_key, event_type, payload, attempts,
@@ -90,7 +102,7 @@ def ready_rows(cur: Cursor, lanes: list[int], lane_count: int, limit: int) -> li
         FROM ota.event_outbox
         WHERE sent_at IS NULL AND dead_at IS NULL
           AND txid < pg_snapshot_xmin(pg_current_snapshot())
-          {lane_filter}
+          {filters}
           AND partition_key NOT IN (
               SELECT partition_key FROM ota.event_outbox
               WHERE sent_at IS NULL AND dead_at IS NULL AND attempts > 0
@@ -99,7 +111,13 @@ def ready_rows(cur: Cursor, lanes: list[int], lane_count: int, limit: int) -> li
         ORDER BY txid, id
         LIMIT %(limit)s
         """,
-        {"lanes": lanes, "lane_count": lane_count, "limit": limit},
+        {
+            "lanes": lanes,
+            "lane_count": lane_count,
+            "limit": limit,
+            "skip_ids": skip_ids,
+            "skip_devices": skip_devices,
+        },
     )
     return [Row(*record) for record in cur.fetchall()]
 

@@ -2,14 +2,16 @@
 
 A long-running process like the MQTT bridge (a Deployment in a cluster, a runtime process
 locally). Each cycle, in one PostgreSQL transaction, it takes every lane no other relay holds
-(advisory locks), reads up to OTA_OUTBOX_BATCH ready rows of those lanes below the xmin horizon
-in (txid, id) order (functions/ota/outbox.py), sends them with kafka-python's idempotent
-producer (acks=all) to `job.events` keyed by device id, waits for the acknowledgements, marks
-what was acknowledged as sent and commits. A crash before the commit republishes the batch
+(advisory locks), reads ready rows of those lanes below the xmin horizon in (txid, id) order
+(functions/ota/outbox.py), sends them with kafka-python's idempotent producer (acks=all) to
+`job.events` keyed by device id, marks what was acknowledged as sent and commits. While
+acknowledgements are outstanding, rows that commit meanwhile (a NOTIFY) are read and sent in
+the same cycle, up to OTA_OUTBOX_BATCH rows or READING_S, so a row never waits for a whole
+earlier cycle's round trip to Kafka. A crash before the commit republishes the cycle's rows
 (duplicates, never loss; consumers dedupe by event id / ce_id).
 
-- A device's rows go out in waves, one row per device per wave, so a row that fails stops its
-  device's later rows of the batch from overtaking it.
+- A device has one row in flight at a time, its later rows queued behind it, so a row that
+  fails is never overtaken by its device's later rows.
 - A row the broker refuses (too large, invalid) is retried after OTA_OUTBOX_BACKOFF (1, 2, 4,
   8 s), then published to `job.dlq` with its error and marked dead, which unblocks its device.
 - Kafka being unreachable is not the rows' fault: nothing is charged, the cycle is retried.
@@ -21,17 +23,19 @@ outbox_published_total, outbox_errors_total{kind}, outbox_publish_latency_second
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import queue
 import select
 import signal
 import sys
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +54,9 @@ if TYPE_CHECKING:
 
 NAME = "ota-outbox-relay"
 CHANNEL = "ota_outbox"
+# How long a cycle goes on taking newly committed rows before it marks and commits: its marks
+# (and so a crash's republished duplicates) stay within about this much work.
+READING_S = 0.05
 log = logging.getLogger("objectflow.ota.relay")
 
 PENDING = Gauge("outbox_pending_total", "Outbox rows not yet sent (nor dead).")
@@ -89,14 +96,50 @@ def headers(row: outbox.Row, source: str) -> list[tuple[str, bytes]]:
     return [(name, value.encode()) for name, value in attributes.items()]
 
 
-def waves(rows: list[outbox.Row]) -> Iterator[list[outbox.Row]]:
-    """Wave k holds the k-th row of each device (rows are in (txid, id) order)."""
-    per_device: dict[str, list[outbox.Row]] = defaultdict(list)
-    for row in rows:
-        per_device[row.partition_key].append(row)
-    depth = max((len(r) for r in per_device.values()), default=0)
-    for k in range(depth):
-        yield [device_rows[k] for device_rows in per_device.values() if len(device_rows) > k]
+@dataclass
+class Queues:
+    """A cycle's rows by device: one row of a device in flight at a time, the rest behind it in
+    (txid, id) order; a refused row drops its device's later rows from the cycle."""
+
+    behind: dict[str, deque[outbox.Row]] = field(default_factory=dict)
+    flying: set[str] = field(default_factory=set)
+    failed: set[str] = field(default_factory=set)
+    seen: list[int] = field(default_factory=list)  # ids read this cycle
+
+    def add(self, rows: list[outbox.Row]) -> list[outbox.Row]:
+        """Take newly read rows; returns those to send now."""
+        now = []
+        for row in rows:
+            self.seen.append(row.id)
+            device = row.partition_key
+            if device in self.flying:
+                self.behind.setdefault(device, deque()).append(row)
+            else:
+                self.flying.add(device)
+                now.append(row)
+        return now
+
+    def acked(self, row: outbox.Row) -> outbox.Row | None:
+        """`row` is on Kafka; returns its device's next row to send, if one waits."""
+        device = row.partition_key
+        waiting = self.behind.get(device)
+        if not waiting:
+            self.flying.discard(device)
+            return None
+        following = waiting.popleft()
+        if not waiting:
+            del self.behind[device]
+        return following
+
+    def refused(self, row: outbox.Row) -> None:
+        device = row.partition_key
+        self.flying.discard(device)
+        self.behind.pop(device, None)
+        self.failed.add(device)
+
+    @property
+    def idle(self) -> bool:
+        return not self.flying
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -123,20 +166,29 @@ def dlq_record(row: outbox.Row, error: str, keep_bytes: int) -> bytes:
     return json.dumps(body).encode()
 
 
-@dataclass(frozen=True)
-class Refused:
-    """A send that failed before it left (the shape of kafka-python's record future)."""
+class Acks:
+    """Acknowledgements of one cycle, handed over by kafka-python's sender thread. Each also
+    writes a byte to the relay's wake pipe, so one select() waits for an acknowledgement and a
+    NOTIFY at once."""
 
-    error: Exception
+    def __init__(self, wake: int) -> None:
+        self.wake = wake
+        self.done: queue.SimpleQueue[tuple[outbox.Row, Exception | None]] = queue.SimpleQueue()
 
-    def get(self, timeout: float | None = None) -> None:
-        raise self.error
+    def watch(self, row: outbox.Row, future: Any) -> None:
+        future.add_callback(lambda _metadata: self.put(row, None))
+        future.add_errback(lambda error: self.put(row, error))
 
+    def put(self, row: outbox.Row, error: Exception | None) -> None:
+        self.done.put((row, error))
+        with contextlib.suppress(BlockingIOError):  # a full pipe already wakes the reader
+            os.write(self.wake, b".")
 
-@dataclass
-class Outcome:
-    sent: list[outbox.Row]
-    rejected: list[tuple[outbox.Row, str]]
+    def take(self) -> list[tuple[outbox.Row, Exception | None]]:
+        taken = []
+        while not self.done.empty():
+            taken.append(self.done.get_nowait())
+        return taken
 
 
 class Relay:
@@ -149,6 +201,10 @@ class Relay:
     ) -> None:
         self.cfg, self.producer, self.timeout_s = cfg, producer, timeout_s
         self.stop = stop or threading.Event()
+        self.listener = Listener(self.stop)
+        self._woken, self._wake = os.pipe()
+        for fd in (self._woken, self._wake):
+            os.set_blocking(fd, False)
         self._status_at = 0.0
 
     # --- one cycle ------------------------------------------------------------------------
@@ -170,41 +226,74 @@ class Relay:
         lanes = [lane for (lane,) in cur.fetchall()]
         if not lanes:
             return 0
-        rows = outbox.ready_rows(cur, lanes, self.cfg.outbox_lanes, self.cfg.outbox_batch)
-        if not rows:
-            return 0
-        result = self.publish(rows)
-        outbox.mark_sent(cur, [row.id for row in result.sent])
-        for row, error in result.rejected:
-            self._settle_failure(cur, row, error)
-        return len(rows)
-
-    def publish(self, rows: list[outbox.Row]) -> Outcome:
-        """Send `rows` wave by wave; a device whose row was refused sends nothing more."""
-        outcome = Outcome([], [])
-        failed: set[str] = set()
-        for wave in waves(rows):
-            wave = [row for row in wave if row.partition_key not in failed]
-            futures = [(row, self._send(row)) for row in wave]
-            self.producer.flush(timeout=self.timeout_s)
+        queues, acks = Queues(), Acks(self._wake)
+        latest = self._read(cur, lanes, queues, acks)  # sent by the latest read, not yet settled
+        read = len(queues.seen)
+        reading_until = time.monotonic() + READING_S
+        give_up = time.monotonic() + self.timeout_s
+        sent: list[outbox.Row] = []
+        rejected: list[tuple[outbox.Row, str]] = []
+        while not queues.idle:
+            self._wait(give_up)
             acked_at = time.time()
-            for row, future in futures:
-                try:
-                    future.get(timeout=self.timeout_s)
-                except Exception as exc:
-                    if is_outage(exc):
-                        raise KafkaUnavailable(repr(exc)) from exc
-                    failed.add(row.partition_key)
-                    outcome.rejected.append((row, f"{type(exc).__name__}: {exc}"))
-                    continue
-                outcome.sent.append(row)
-                LATENCY.observe(max(0.0, acked_at - row.created_at.timestamp()))
-        PUBLISHED.labels(self.cfg.job_topic).inc(len(outcome.sent))
-        return outcome
+            for row, failure in acks.take():
+                latest.discard(row.id)
+                if failure is None:
+                    sent.append(row)
+                    LATENCY.observe(max(0.0, acked_at - row.created_at.timestamp()))
+                    following = queues.acked(row)
+                    if following is not None:
+                        self._send(following, acks)
+                elif is_outage(failure):
+                    raise KafkaUnavailable(repr(failure)) from failure
+                else:
+                    queues.refused(row)
+                    rejected.append((row, f"{type(failure).__name__}: {failure}"))
+            # Reads follow each other an acknowledgement round trip apart: more often would
+            # spend CPU on reads of a row or two.
+            more = not latest and read < self.cfg.outbox_batch
+            if more and time.monotonic() < reading_until and self.listener.pending():
+                latest = self._read(cur, lanes, queues, acks)
+                read = len(queues.seen)
+        outbox.mark_sent(cur, [row.id for row in sent])
+        PUBLISHED.labels(self.cfg.job_topic).inc(len(sent))
+        for row, error in rejected:
+            self._settle_failure(cur, row, error)
+        return read
 
-    def _send(self, row: outbox.Row) -> Any:
+    def _read(self, cur: Cursor, lanes: list[int], queues: Queues, acks: Acks) -> set[int]:
+        """Read what is ready (beyond what this cycle has) and send each device's first row;
+        returns the ids sent."""
+        self.listener.clear()  # the read sees every row whose NOTIFY came before it
+        rows = outbox.ready_rows(
+            cur,
+            lanes,
+            self.cfg.outbox_lanes,
+            self.cfg.outbox_batch - len(queues.seen),
+            skip_ids=queues.seen,
+            skip_devices=sorted(queues.failed),
+        )
+        now = queues.add(rows)
+        for row in now:
+            self._send(row, acks)
+        return {row.id for row in now}
+
+    def _wait(self, give_up: float) -> None:
+        """Until an acknowledgement or a NOTIFY arrives."""
+        left = give_up - time.monotonic()
+        if left <= 0:
+            raise KafkaUnavailable(f"no acknowledgement within {self.timeout_s:.0f} s")
+        watched = [self._woken, *self.listener.fileno()]
+        ready = select.select(watched, [], [], left)[0]
+        if self._woken in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._woken, 4096)
+        if len(ready) > (self._woken in ready):
+            self.listener.poll()  # a NOTIFY: off the socket, so the next select waits again
+
+    def _send(self, row: outbox.Row, acks: Acks) -> None:
         try:
-            return self.producer.send(
+            future = self.producer.send(
                 self.cfg.job_topic,
                 key=row.partition_key.encode(),
                 value=row.value(),
@@ -213,7 +302,9 @@ class Relay:
         except Exception as exc:  # raised at once, e.g. larger than max_request_size
             if is_outage(exc):
                 raise KafkaUnavailable(repr(exc)) from exc
-            return Refused(exc)
+            acks.put(row, exc)
+            return
+        acks.watch(row, future)
 
     def _settle_failure(self, cur: Cursor, row: outbox.Row, error: str) -> None:
         backoff = self.cfg.outbox_backoff
@@ -251,7 +342,6 @@ class Relay:
         return found
 
     def run(self) -> None:
-        listener = Listener(self.stop)
         pause = 0.5
         try:
             while not self.stop.is_set():
@@ -277,9 +367,11 @@ class Relay:
                         wait = 0.01  # a transaction is still open below a committed row
                     elif with_status.next_retry_s is not None:
                         wait = min(wait, max(0.01, with_status.next_retry_s))
-                listener.wait(wait)
+                self.listener.wait(wait)
         finally:
-            listener.close()
+            self.listener.close()
+            os.close(self._woken)
+            os.close(self._wake)
 
     def _refresh_status(self, force: bool = False) -> outbox.Status | None:
         now = time.monotonic()
@@ -293,7 +385,8 @@ class Relay:
 
 
 class Listener:
-    """LISTEN ota_outbox on its own connection; `wait` returns on a NOTIFY or the timeout."""
+    """LISTEN ota_outbox on its own connection. A NOTIFY stays pending until `clear`, which a
+    cycle calls just before it reads the outbox (that read sees the notifying row)."""
 
     def __init__(self, stop: threading.Event) -> None:
         self.stop = stop
@@ -308,20 +401,39 @@ class Listener:
             cur.execute(f"LISTEN {CHANNEL}")
         return conn
 
-    def wait(self, timeout: float) -> None:
+    def fileno(self) -> list[Any]:
+        """What to select() on for the next NOTIFY ([] while disconnected)."""
+        return [] if self.conn is None else [self.conn]
+
+    def poll(self, connect: bool = False) -> None:
+        """Take the NOTIFYs that arrived off the socket (without waiting)."""
         import psycopg2
 
         try:
-            if self.conn is None:
+            if self.conn is None and connect:
                 self.conn = self._connect()
-            if not self.conn.notifies:
-                select.select([self.conn], [], [], timeout)
-            self.conn.poll()
-            self.conn.notifies.clear()
-        except (OSError, psycopg2.Error) as exc:  # reconnect next time; poll meanwhile
+            if self.conn is not None:
+                self.conn.poll()
+        except (OSError, psycopg2.Error) as exc:  # reconnect between cycles; poll meanwhile
             log.warning("LISTEN connection lost", extra={"error": repr(exc)})
             self.close()
+
+    def pending(self) -> bool:
+        self.poll()
+        return self.conn is not None and bool(self.conn.notifies)
+
+    def clear(self) -> None:
+        if self.conn is not None:
+            self.conn.notifies.clear()
+
+    def wait(self, timeout: float) -> None:
+        """Until a NOTIFY (at once if one is pending) or the timeout."""
+        self.poll(connect=True)
+        if self.conn is None:
             self.stop.wait(timeout)
+        elif not self.conn.notifies:
+            select.select([self.conn], [], [], timeout)
+            self.poll()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -333,7 +445,9 @@ class Listener:
 
 
 def producer(**overrides: Any) -> KafkaProducer:
-    return clients.kafka.producer(NAME, **overrides)
+    # No linger: a cycle no longer flushes (it goes on reading while acknowledgements are
+    # outstanding), and records sent while a request is in flight still batch up behind it.
+    return clients.kafka.producer(NAME, **({"linger_ms": 0} | overrides))
 
 
 def main() -> int:

@@ -32,7 +32,7 @@ RENDERINGS: dict[str, tuple[tuple[Path, ...], tuple[str, ...]]] = {
     **{name: (overlays, ()) for name, overlays in VALUE_SETS.items()},
     "dev+e2e": ((DEV, E2E), ()),
     "pingsource": ((), ("scheduler.mode=pingsource",)),
-    "monitoring": ((), ("monitoring.enabled=true",)),  # the PrometheusRule
+    "monitoring": ((), ("monitoring.enabled=true",)),  # the PrometheusRule, the dashboards
     # `scale` as Knative annotations and containerConcurrency; sources into a Knative Service
     "dev+e2e+scaled-direct": (
         (DEV, E2E),

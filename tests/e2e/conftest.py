@@ -16,8 +16,10 @@ from aiohttp import web
 from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 
+from devstack import prometheus as local_prometheus
 from devstack import wiring
 from devstack.runtime import broker as broker_module
+from tests.support import Prometheus
 
 OVERLAY = Path(__file__).with_name("values-e2e.yaml")
 
@@ -36,6 +38,17 @@ def broker(values: wiring.Values) -> str:
             "the runtime does not run the e2e overlay: objectflow up --values " + str(OVERLAY)
         )
     return url
+
+
+@pytest.fixture(scope="session")
+def prometheus(values: wiring.Values) -> Prometheus:
+    """The local Prometheus the e2e overlay starts (`local.prometheus.enabled`)."""
+    api = Prometheus(local_prometheus.url(values.local.prometheus))
+    try:
+        api.targets()
+    except requests.RequestException as exc:
+        pytest.fail(f"no Prometheus at {api.url} ({exc!r}): objectflow up --values {OVERLAY}")
+    return api
 
 
 @pytest.fixture

@@ -44,6 +44,7 @@ def test_status_reports_every_service_up() -> None:
     services = status()
     assert set(services) == {
         "postgres", "redis", "rabbitmq", "mosquitto", "kafka", "minio", "ferretdb", "runtime",
+        "prometheus",  # the e2e values turn on the local Prometheus
     }  # fmt: skip
     for name, row in services.items():
         assert row["state"] == "up", name

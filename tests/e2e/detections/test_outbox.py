@@ -9,12 +9,14 @@ within it, so nothing is posted twice while it waits in the broker).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from bson import Binary
 
@@ -147,18 +149,14 @@ def test_postgres_outage_mid_burst_is_a_mongodb_outage_and_loses_nothing(
 
 
 def runtime_child(module: str) -> int:
-    """Pid of the runtime's process running `python -m <module>` (the runtime started it)."""
+    """Pid of the runtime's process running `python -m <module>` (the runtime started it: its
+    zygote forked it, so it descends from the supervisor)."""
     runtime = our_pid(supervisor.spec([E2E_OVERLAY]))
     assert runtime is not None, "the runtime is not running"
-    for proc in Path("/proc").iterdir():
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == runtime and module.encode() in cmdline:
-            return int(proc.name)
+    for proc in psutil.Process(runtime).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if proc.cmdline()[-2:] == ["-m", module]:
+                return proc.pid
     raise AssertionError(f"no runtime process runs {module}")
 
 

@@ -21,15 +21,19 @@ import paho.mqtt.client as mqtt
 import psutil
 import pytest
 
+from devstack import wiring
 from devstack.runtime.supervisor import CHILDREN
 from tests.ota_support import applied, dispatched_jobs, publish, sql, statuses
-from tests.support import scaled, start_stack, stop_service, wait_for
+from tests.support import E2E_OVERLAY, scaled, start_stack, stop_service, wait_for
 
 SOURCE = "kafka-source-ota-device-status"  # the supervisor's name of the status consumer
 GROUP = "status-processor"
-# kafka-python 3's default session_timeout_ms (45 s since KIP-735), as the source runs it: long
-# enough that a busy machine's pauses cause no rebalances of their own.
-SESSION_TIMEOUT_S = 45.0
+# The session timeout the source runs with: the e2e overlay's (15 s) over kafka-python 3's
+# default (45 s since KIP-735), both long enough that a busy machine's pauses cause no
+# rebalances of their own.
+SESSION_TIMEOUT_S = (
+    wiring.load(E2E_OVERLAY).sources.kafka["ota-device-status"].local_session_timeout_ms or 45_000
+) / 1000
 REDEPLOYED_REJOIN_S = 10.0  # a consumer that left the group is replaced at once
 STEPS = ["downloading", "flashing", "done"]
 pytestmark = pytest.mark.chaos  # short in `make test`, full size in `make chaos`

@@ -1,5 +1,5 @@
-"""The relay's pure parts: waves keep a device's order, outages are told from bad records,
-job.dlq records carry the error, the id and a bounded payload."""
+"""The relay's pure parts: a cycle's queues keep a device's order, outages are told from bad
+records, job.dlq records carry the error, the id and a bounded payload."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, NotLeaderForPartitionError
 
 from functions.ota.outbox import Row
-from functions.ota.relay import dlq_record, headers, is_outage, waves
+from functions.ota.relay import Queues, dlq_record, headers, is_outage
 
 
 def row(n: int, device: str, payload: dict[str, object] | None = None) -> Row:
@@ -26,10 +26,29 @@ def row(n: int, device: str, payload: dict[str, object] | None = None) -> Row:
     )
 
 
-def test_waves_hold_one_row_per_device_in_order() -> None:
-    rows = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c"), row(5, "a"), row(6, "b")]
-    assert [[r.id for r in wave] for wave in waves(rows)] == [[1, 2, 4], [3, 6], [5]]
-    assert list(waves([])) == []
+def ids(rows: list[Row | None]) -> list[int | None]:
+    return [None if r is None else r.id for r in rows]
+
+
+def test_a_device_has_one_row_in_flight_and_the_next_goes_when_it_is_acked() -> None:
+    q = Queues()
+    a1, b2, a3, c4, a5, b6 = (row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c"), row(5, "a"),
+                              row(6, "b"))  # fmt: skip
+    assert ids(q.add([a1, b2, a3, c4])) == [1, 2, 4]
+    assert ids(q.add([a5, b6])) == []  # a later read: queued behind a1 and b2
+    assert ids([q.acked(b2), q.acked(a1), q.acked(c4)]) == [6, 3, None]
+    assert not q.idle
+    assert ids([q.acked(a3), q.acked(b6), q.acked(a5)]) == [5, None, None]
+    assert q.idle and q.seen == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_refused_row_drops_its_devices_later_rows_from_the_cycle() -> None:
+    q = Queues()
+    a1, a2, b3 = row(1, "a"), row(2, "a"), row(3, "b")
+    assert ids(q.add([a1, a2, b3])) == [1, 3]
+    q.refused(a1)  # a2 must not overtake it: it waits for the next cycle, behind a1's retry
+    assert q.failed == {"a"} and ids([q.acked(b3)]) == [None]
+    assert q.idle
 
 
 def test_connection_trouble_is_an_outage_and_a_bad_record_is_not() -> None:
