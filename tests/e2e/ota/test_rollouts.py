@@ -83,7 +83,9 @@ def done_times(env: dict[str, str], rollout_id: str, devices: list[str]) -> list
 
 
 @pytest.mark.chaos
-def test_a_healthy_rollout_runs_its_waves_in_order(ota_api: str, stack_env: dict[str, str]) -> None:
+def test_a_healthy_rollout_runs_its_waves_in_order(
+    mqtt_env: None, ota_api: str, stack_env: dict[str, str]
+) -> None:
     devices, version = fleet(ota_api, scaled(40, 300))
     with running(devices, stack_env, sim.Behaviour(firmware_ms=100, seed=3)) as commands:
         answer = requests.post(f"{ota_api}/rollouts", timeout=30, json={
