@@ -221,6 +221,26 @@ def catalog(
 
 
 @app.command()
+def traces(
+    trace_id: str = typer.Argument(None, help="A trace id (a traceparent's 2nd field)."),
+    last: int = typer.Option(10, help="Without a trace id: how many recent traces to list."),
+) -> None:
+    """Show the spans the local trace collector kept (values' local.tracing.enabled)."""
+    from devstack.runtime import trace_collector
+
+    found = trace_collector.by_trace(trace_collector.spans())
+    if trace_id is not None:
+        if trace_id not in found:
+            raise DevstackError(f"no spans of trace {trace_id} in {trace_collector.SPANS}")
+        typer.echo("\n".join(trace_collector.tree(found[trace_id])))
+        return
+    recent = sorted(found.items(), key=lambda item: min(s["start_ns"] for s in item[1]))[-last:]
+    for trace, spans in recent:
+        root = min(spans, key=lambda s: s["start_ns"])
+        typer.echo(f"{trace}  {len(spans):4d} spans  {root['service']}: {root['name']}")
+
+
+@app.command()
 def schema() -> None:
     """Regenerate charts/objectflow/values.schema.json from the wiring model."""
     from devstack import wiring

@@ -443,10 +443,28 @@ class LocalPrometheus(Model):
     )
 
 
+class LocalTracing(Model):
+    """The runtime's trace collector (devstack/runtime/trace_collector.py): every process
+    exports its spans to it; `objectflow traces` shows them."""
+
+    enabled: bool = Field(default=False, description="start it and trace every process")
+    port: int = Field(default=4318, gt=0, lt=65536, description="its OTLP/HTTP port")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What every process of the runtime gets while it is enabled."""
+        if not self.enabled:
+            return {}
+        # a short batch delay: a span is visible within a second, not the SDK's default 5 s
+        return {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.port}",
+                "OTEL_BSP_SCHEDULE_DELAY": "500"}  # fmt: skip
+
+
 class Local(Model):
     broker_port: int = Field(default=8080, gt=0, lt=65536)
     function_port_base: int = Field(default=10000, gt=0, lt=65536 - PORT_SPAN)
     prometheus: LocalPrometheus = LocalPrometheus()
+    tracing: LocalTracing = LocalTracing()
 
 
 class Domain(Model):
@@ -577,6 +595,15 @@ class Monitoring(Model):
     grafana: Grafana = Grafana()
 
 
+class Tracing(Model):
+    otlp_endpoint: str = Field(
+        default="",
+        pattern=r"^(https?://\S+)?$",
+        description="OTLP/HTTP endpoint every function and source exports spans to "
+        "(OTEL_EXPORTER_OTLP_ENDPOINT); empty: tracing off",
+    )
+
+
 class DevServiceImages(Model):
     postgresql: str
     redis: str
@@ -626,6 +653,7 @@ class Values(Model):
     migrations: Migrations = Migrations()
     live_update: bool = False
     monitoring: Monitoring = Monitoring()
+    tracing: Tracing = Tracing()
     dev_services: DevServices | None = None
 
     @field_validator("config")

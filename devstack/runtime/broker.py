@@ -37,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from devstack import wiring
 from devstack.runtime import knative
 from devstack.runtime.journal import Journal
-from functions.runtime import cehttp
+from functions.runtime import cehttp, tracing
 from functions.sources.sink import retryable_status
 
 log = logging.getLogger("objectflow.broker")
@@ -378,6 +378,19 @@ class Broker:
     ) -> bool:
         """Deliver with retries, then dead-letter; False if even the dead-letter sink could not
         take it (the event then stays in the journal for the next start)."""
+        if not tracing.enabled():  # the hot path pays nothing for tracing while it is off
+            return await self._deliver_with_retries(route, event, wire, received)
+        with tracing.span(
+            f"broker {route.trigger.name}",
+            kind=tracing.Kind.PRODUCER,
+            parent=event.get("traceparent"),
+            attributes={"cloudevents.event_id": event["id"], "trigger": route.trigger.name},
+        ):
+            return await self._deliver_with_retries(route, event, _retraced(wire), received)
+
+    async def _deliver_with_retries(
+        self, route: Route, event: CloudEvent, wire: Wire, received: float
+    ) -> bool:
         name = route.trigger.name
         meters = self._meters[name]
         first_attempt = time.time()
@@ -608,6 +621,15 @@ class Backoff(tenacity.wait.wait_base):
 
     def __call__(self, retry_state: tenacity.RetryCallState) -> float:
         return self.delivery.delay(retry_state.attempt_number, self.broker_class)
+
+
+def _retraced(wire: Wire) -> Wire:
+    """`wire` naming the current span as the subscriber's parent: binary mode's ce-traceparent
+    (a structured body keeps the sender's, which is of the same trace)."""
+    headers, body = wire
+    if "ce-traceparent" not in headers:
+        return wire
+    return {**headers, "ce-traceparent": tracing.traceparent() or ""}, body
 
 
 class InvalidReply(Exception):

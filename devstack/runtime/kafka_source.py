@@ -111,6 +111,8 @@ def to_cloudevent(record: ConsumerRecord, namespace: str, source_name: str) -> C
             attributes["datacontenttype"] = text
         else:
             attributes[header_extension(name)] = text
+        if name.lower() == "traceparent":  # the producer's trace, continued by the subscriber
+            attributes["traceparent"] = text
     return CloudEvent(attributes, record.value)
 
 

@@ -42,6 +42,7 @@ from devstack.runtime.broker import Broker, routes, serve
 from devstack.runtime.journal import Journal
 from devstack.runtime.zygote import Child, Zygote, ZygoteGone
 from devstack.services import ServiceSpec
+from functions.runtime import tracing
 from functions.sources.sink import DEAD_LETTER_ENV
 
 log = logging.getLogger("objectflow.runtime")
@@ -144,6 +145,11 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
     if values.schedules:
         command = [sys.executable, "-m", "devstack.runtime.ticker", *values_args]
         found.append(Component("cron-ticker", command, {"K_SINK": sink["K_SINK"]}))
+    tracing = values.local.tracing
+    if tracing.enabled:
+        command = [sys.executable, "-m", "devstack.runtime.trace_collector",
+                   "--port", str(tracing.port)]  # fmt: skip
+        found.append(Component("trace-collector", command, {}, tracing.port))
     return found
 
 
@@ -184,7 +190,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.started: dict[str, Child] = {}
         self.children: dict[str, dict[str, float | int | None]] = {}
-        self.env = children_env()
+        self.env = {**children_env(), **values.local.tracing.env}
         self.zygote = zygote
         self.watchers: set[asyncio.Future[None]] = set()
         self.failed = False
@@ -192,6 +198,8 @@ class Supervisor:
     async def run(self) -> None:
         LOGS.mkdir(parents=True, exist_ok=True)
         reap_leftovers()  # `objectflow up` did already; `make dev` and a bare `runtime` had not
+        os.environ.update(self.values.local.tracing.env)
+        tracing.configure("broker")  # the broker runs here
         self._watch_zygote()
         dead_letter = next((c.url for c in self.components if c.name == "dead-letter"), None)
         broker = Broker(

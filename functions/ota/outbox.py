@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg2.extras import Json
 
+from functions.runtime import tracing
+
 if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
@@ -38,15 +40,18 @@ def write(
     payload: dict[str, Any],
     aggregate_type: str = "job",
 ) -> None:
-    """Add one event to the outbox, in the caller's transaction (committed with its change)."""
+    """Add one event to the outbox, in the caller's transaction (committed with its change),
+    with the caller's trace, which the relay continues."""
     cur.execute(
         """
         INSERT INTO ota.event_outbox
-            (event_id, aggregate_type, aggregate_id, partition_key, event_type, payload)
-        VALUES (%s, %s, %s, %s, %s, %s)
+            (event_id, aggregate_type, aggregate_id, partition_key, event_type, payload,
+             traceparent)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
         """,
-        (str(event_id), aggregate_type, aggregate_id, partition_key, event_type, Json(payload)),
-    )
+        (str(event_id), aggregate_type, aggregate_id, partition_key, event_type, Json(payload),
+         tracing.traceparent(new=False)),
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Row:
     payload: dict[str, Any]
     attempts: int
     created_at: datetime
+    traceparent: str | None = None
 
     def value(self) -> bytes:
         return json.dumps(self.payload, separators=(",", ":")).encode()
@@ -98,7 +104,7 @@ def ready_rows(
     cur.execute(
         f"""
         SELECT id, event_id::text, aggregate_id, partition_key, event_type, payload, attempts,
-               created_at
+               created_at, traceparent
         FROM ota.event_outbox
         WHERE sent_at IS NULL AND dead_at IS NULL
           AND txid < pg_snapshot_xmin(pg_current_snapshot())

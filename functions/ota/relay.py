@@ -44,7 +44,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from functions.ota import outbox
 from functions.ota import settings as ota_settings
 from functions.ota.events import cloudevent_type
-from functions.runtime import clients, settings
+from functions.runtime import clients, settings, tracing
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import DependencyUnavailable, SettingsError
 
@@ -79,7 +79,9 @@ class KafkaUnavailable(Exception):
     """The broker could not be reached or did not answer in time; retry the cycle later."""
 
 
-def headers(row: outbox.Row, source: str) -> list[tuple[str, bytes]]:
+def headers(
+    row: outbox.Row, source: str, traceparent: str | None = None
+) -> list[tuple[str, bytes]]:
     """CloudEvents Kafka protocol binding, binary mode: attributes as ce_* headers."""
     attributes = {
         "ce_specversion": "1.0",
@@ -93,6 +95,8 @@ def headers(row: outbox.Row, source: str) -> list[tuple[str, bytes]]:
     occurred = row.payload.get("occurred_at")
     if isinstance(occurred, str):
         attributes["ce_time"] = occurred
+    if traceparent:
+        attributes["ce_traceparent"] = traceparent
     return [(name, value.encode()) for name, value in attributes.items()]
 
 
@@ -292,12 +296,19 @@ class Relay:
             self.listener.poll()  # a NOTIFY: off the socket, so the next select waits again
 
     def _send(self, row: outbox.Row, acks: Acks) -> None:
+        trace = row.traceparent
+        if tracing.enabled():
+            # The send's span, under the trace of the change that wrote the row, ends once the
+            # record is handed to the producer (LATENCY measures the acknowledgement).
+            with tracing.span(f"{self.cfg.job_topic} publish", kind=tracing.Kind.PRODUCER,
+                              parent=trace, attributes={"event_id": row.event_id}):  # fmt: skip
+                trace = tracing.traceparent(new=False)
         try:
             future = self.producer.send(
                 self.cfg.job_topic,
                 key=row.partition_key.encode(),
                 value=row.value(),
-                headers=headers(row, self.cfg.event_source),
+                headers=headers(row, self.cfg.event_source, trace),
             )
         except Exception as exc:  # raised at once, e.g. larger than max_request_size
             if is_outage(exc):
@@ -452,6 +463,7 @@ def producer(**overrides: Any) -> KafkaProducer:
 
 def main() -> int:
     objectflow_logging.configure(NAME)
+    tracing.configure(NAME)
     stop = threading.Event()
     handler: Callable[..., None] = lambda *_: stop.set()  # noqa: E731
     signal.signal(signal.SIGTERM, handler)

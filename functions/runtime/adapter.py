@@ -10,6 +10,8 @@ The adapter owns everything that is not domain logic:
   400/413/415/422 for bad events (dead-lettered, never retried), 503 when a dependency
   stayed down for the whole retry budget, 500 for anything unexpected (both retried);
 - skips events already handled (idempotency pre-check on `source` + `id`);
+- opens a tracing span under the event's `traceparent` (functions.runtime.tracing), which
+  the handler's calls and reply continue;
 - logs JSON lines with the event's id, type, source, subject and traceparent, exports
   Prometheus metrics on GET /metrics and answers GET /health.
 """
@@ -33,7 +35,7 @@ from cloudevents.http import CloudEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from functions.runtime import cehttp, idempotency, registry, settings
+from functions.runtime import cehttp, idempotency, registry, settings, tracing
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import (
     BadEvent,
@@ -92,6 +94,7 @@ def cloudevent_function(
     def decorate(handler: Handler) -> Callable[[flask.Request], flask.Response]:
         def view(request: flask.Request) -> flask.Response:
             objectflow_logging.configure(name)
+            tracing.configure(name)
             if request.method == "GET":
                 return answer_get(name, request.path)
             if request.method != "POST":
@@ -135,20 +138,14 @@ def _deliver(
             "event_type": ce["type"],
             "event_source": ce["source"],
             "event_subject": ce.get("subject"),
-            "traceparent": ce.get("traceparent") or request.headers.get("traceparent"),
         }
-        event = validate(ce, accepts, context["traceparent"], raw_data=raw_data)
-        context["traceparent"] = event.traceparent
-        with objectflow_logging.event_context(**context):
-            if idempotent and idempotency.already_handled(name, event.source, event.id):
-                log.info("duplicate event acknowledged without effect")
-                return _done(name, metric_type, started, "duplicate", flask.Response(status=204))
-            reply = handler(event)
-            if idempotent:
-                idempotency.remember(name, event.source, event.id)
-            log.info("event handled", extra={"reply_type": reply.type if reply else None})
-            response = _reply(name, event, reply) if reply else flask.Response(status=204)
-            return _done(name, metric_type, started, "ok", response)
+        incoming = ce.get("traceparent") or request.headers.get("traceparent")
+        attributes = {"cloudevents.event_id": ce["id"], "cloudevents.event_type": ce["type"]}
+        span = f"{name} {metric_type}"
+        with tracing.span(span, kind=tracing.Kind.SERVER, parent=incoming, attributes=attributes):
+            context["traceparent"] = tracing.traceparent()
+            event = validate(ce, accepts, context["traceparent"], raw_data=raw_data)
+            return _handle(name, handler, event, context, idempotent, metric_type, started)
     except ObjectflowError as exc:
         outcome = "rejected" if exc.status < 500 else "retryable"
         with objectflow_logging.event_context(**context):
@@ -170,6 +167,27 @@ def _deliver(
         ERRORS.labels(name, "internal").inc()
         body = {"error": "internal", "detail": "unexpected error, see the function's logs"}
         return _done(name, metric_type, started, "error", _json(500, body))
+
+
+def _handle(
+    name: str,
+    handler: Handler,
+    event: Event[Any],
+    context: dict[str, Any],
+    idempotent: bool,
+    metric_type: str,
+    started: float,
+) -> flask.Response:
+    with objectflow_logging.event_context(**context):
+        if idempotent and idempotency.already_handled(name, event.source, event.id):
+            log.info("duplicate event acknowledged without effect")
+            return _done(name, metric_type, started, "duplicate", flask.Response(status=204))
+        reply = handler(event)
+        if idempotent:
+            idempotency.remember(name, event.source, event.id)
+        log.info("event handled", extra={"reply_type": reply.type if reply else None})
+        response = _reply(name, event, reply) if reply else flask.Response(status=204)
+        return _done(name, metric_type, started, "ok", response)
 
 
 def read_cloudevent(request: flask.Request) -> CloudEvent:

@@ -11,7 +11,8 @@
 from the route's pydantic models). The frame adds what every function serves and does:
 - GET /health and GET /metrics;
 - a request id per request (`X-Request-Id`, else a new one) on every log line and in the answer;
-- one JSON log line and request metrics per request;
+- one JSON log line, request metrics and a tracing span (under the caller's `traceparent`)
+  per request;
 - JSON errors for every failure, `{"error": "<kind>", "detail": "...", "field": "..."}`: an
   ObjectflowError with its status (503 with Retry-After), invalid input 422 naming the field,
   unknown paths 404, wrong methods 405, and the unexpected error 500.
@@ -39,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from functions.runtime import adapter, settings
+from functions.runtime import adapter, settings, tracing
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import ObjectflowError, PayloadTooLarge
 from functions.runtime.metrics import ERRORS, REQUEST_DURATION, REQUESTS
@@ -188,6 +189,7 @@ class _Frame:
             await self.app(scope, receive, send)
             return
         objectflow_logging.configure(self.name)
+        tracing.configure(self.name)
         headers = dict(scope.get("headers") or [])
         request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
         started, status = time.perf_counter(), 500
@@ -202,7 +204,11 @@ class _Frame:
                 ]  # fmt: skip
             await send(message)
 
-        with objectflow_logging.event_context(request_id=request_id):
+        parent = headers.get(b"traceparent", b"").decode() or None
+        with (
+            tracing.span(scope["method"], kind=tracing.Kind.SERVER, parent=parent) as span,
+            objectflow_logging.event_context(request_id=request_id),
+        ):
             try:
                 await self.app(scope, receive, send_framed)
             except Exception:
@@ -213,6 +219,8 @@ class _Frame:
                 await error(500, body)(scope, receive, send_framed)
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
+            span.update_name(f"{scope['method']} {template}")
+            span.set_attribute("http.response.status_code", status)
             elapsed = time.perf_counter() - started
             REQUESTS.labels(self.name, template, scope["method"], str(status)).inc()
             REQUEST_DURATION.labels(self.name, template, scope["method"]).observe(elapsed)

@@ -1,7 +1,7 @@
 """How a long-running source adapter process (the MQTT bridge, the MongoDB outbox) runs: JSON
-logs, its settings, Prometheus metrics on `OBJECTFLOW_METRICS_PORT`, SIGTERM/SIGINT as a
-graceful stop, and exit status 2 for bad settings (an operator must fix them; restarting will
-not help)."""
+logs, tracing (functions.runtime.tracing), its settings, Prometheus metrics on
+`OBJECTFLOW_METRICS_PORT`, SIGTERM/SIGINT as a graceful stop, and exit status 2 for bad
+settings (an operator must fix them; restarting will not help)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from functions.runtime import logging as objectflow_logging
+from functions.runtime import tracing
 from functions.runtime.errors import SettingsError
 
 log = logging.getLogger("objectflow.sources")
@@ -28,6 +29,7 @@ def main(name: str, build: Callable[[], tuple[Source, int | None]]) -> int:
     """Run the source `build` makes from its settings (with its metrics port, or None);
     returns the process's exit status."""
     objectflow_logging.configure(name)
+    tracing.configure(name)
     try:
         source, metrics_port = build()
         if metrics_port is not None:

@@ -35,7 +35,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from functions.deadletter import store as dead_letters
-from functions.runtime import BadRequest, ObjectflowError, SettingsError, http_function, settings
+from functions.runtime import (
+    BadRequest,
+    ObjectflowError,
+    SettingsError,
+    http_function,
+    settings,
+    tracing,
+)
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import PayloadTooLarge, Unauthorized
 from functions.sources import sink
@@ -140,7 +147,10 @@ def to_cloudevent(record: Record, traceparent: str | None = None) -> CloudEvent 
         "subject": f"{bucket}/{key}",
         "time": record.event_time.isoformat().replace("+00:00", "Z"),
         "datacontenttype": "application/json",
-        "traceparent": traceparent or objectflow_logging.new_traceparent(),
+        # the writer's trace, which objectflow's S3 client stores as object metadata
+        "traceparent": data.user_metadata.get("traceparent")
+        or traceparent
+        or objectflow_logging.new_traceparent(),
     }
     return CloudEvent(attributes, data.model_dump(mode="json"))
 
@@ -244,12 +254,17 @@ def _forward(events: list[CloudEvent]) -> None:
     """Post every event; a rejected one is logged and dropped (it can never be accepted)."""
     url = sink.sink_url()
     for event in events:
-        with objectflow_logging.event_context(
-            event_id=event["id"],
-            event_type=event["type"],
-            event_subject=event["subject"],
-            traceparent=event["traceparent"],
-        ):
+        with (
+            tracing.span("s3 notification", kind=tracing.Kind.CONSUMER,
+                         parent=event["traceparent"], attributes={"s3.object": event["subject"]}),
+            objectflow_logging.event_context(
+                event_id=event["id"],
+                event_type=event["type"],
+                event_subject=event["subject"],
+                traceparent=(trace := tracing.traceparent()),
+            ),
+        ):  # fmt: skip
+            event["traceparent"] = trace
             try:
                 sink.post(_session(), url, event)
             except sink.SinkRejected as exc:

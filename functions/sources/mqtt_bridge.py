@@ -51,7 +51,7 @@ from paho.mqtt.client import MQTTMessage, topic_matches_sub
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from functions.runtime import cehttp, clients, settings
+from functions.runtime import cehttp, clients, settings, tracing
 from functions.runtime import logging as objectflow_logging
 from functions.runtime.errors import SettingsError
 from functions.sources import lifecycle, sink
@@ -125,17 +125,23 @@ def decode_payload(payload: bytes) -> tuple[str, Any]:
 
 
 def to_cloudevent(
-    route: MqttRoute, topic: str, payload: bytes, origin: str, packet_id: int
+    route: MqttRoute,
+    topic: str,
+    payload: bytes,
+    origin: str,
+    packet_id: int,
+    traceparent: str | None = None,
 ) -> CloudEvent:
     """The CloudEvent for one MQTT message; `origin` is `mqtt://host:port`, `packet_id` the
-    message's MQTT packet identifier (paho's `mid`)."""
+    message's MQTT packet identifier (paho's `mid`), `traceparent` the trace to continue (else
+    a new one)."""
     content_type, data = decode_payload(payload)
     attributes = {
         "id": message_id(topic, payload, packet_id),
         "source": f"{origin}/{quote(topic, safe='/')}",
         "type": route.type,
         "datacontenttype": content_type,
-        "traceparent": objectflow_logging.new_traceparent(),
+        "traceparent": traceparent or objectflow_logging.new_traceparent(),
     }
     subject = topic_level(topic, route.subject_segment)
     if subject is not None:
@@ -144,6 +150,11 @@ def to_cloudevent(
     if partition_key is not None:
         attributes["partitionkey"] = partition_key
     return CloudEvent(attributes, data)
+
+
+def trace_header(event: CloudEvent) -> list[tuple[str, bytes]]:
+    """The record's W3C `traceparent` header (a Kafka source makes it the event's again)."""
+    return [("traceparent", event["traceparent"].encode())]
 
 
 # --- the bridge: paho network thread -> queue -> one worker that posts and acks ------------------
@@ -236,9 +247,18 @@ class Bridge:
             self.settle(wait=True)  # acks go out in arrival order
             self._ack(message, "skipped")
             return
-        event = to_cloudevent(
-            route, message.topic, bytes(message.payload), self.origin, message.mid
-        )
+        # A device's MQTT 5 `traceparent` user property continues its trace; else one starts.
+        with tracing.span(
+            f"{route.topic} receive",
+            kind=tracing.Kind.CONSUMER,
+            parent=clients.mqtt.traceparent(message),
+            attributes={"mqtt.topic": message.topic},
+        ):
+            event = to_cloudevent(route, message.topic, bytes(message.payload), self.origin,
+                                  message.mid, tracing.traceparent())  # fmt: skip
+            self._handle(route, message, event)
+
+    def _handle(self, route: MqttRoute, message: MQTTMessage, event: CloudEvent) -> None:
         with objectflow_logging.event_context(
             event_id=event["id"],
             event_type=event["type"],
@@ -273,7 +293,10 @@ class Bridge:
         key = event.get("partitionkey")
         try:
             future = self._producer().send(
-                topic, key=key.encode() if key else None, value=bytes(message.payload)
+                topic,
+                key=key.encode() if key else None,
+                value=bytes(message.payload),
+                headers=trace_header(event),
             )
         except KafkaError:
             return False
@@ -329,7 +352,9 @@ class Bridge:
         key = event.get("partitionkey")
 
         def send() -> None:
-            future = self._producer().send(topic, key=key.encode() if key else None, value=payload)
+            future = self._producer().send(
+                topic, key=key.encode() if key else None, value=payload, headers=trace_header(event)
+            )
             future.get(timeout=15)
 
         try:

@@ -360,6 +360,8 @@ def test_nothing_is_wired_that_the_values_do_not_declare(both: Both) -> None:
     local |= {f"kafka-source-{name}" for name in values.sources.kafka}
     local |= set(values.sources.outbox_relays)
     local |= {"cron-ticker"} if values.schedules else set()
+    # the local stand-in for a cluster's OTLP collector (the chart's tracing.otlp-endpoint)
+    local |= {"trace-collector"} if values.local.tracing.enabled else set()
     assert set(both.components) == local
 
 

@@ -79,6 +79,9 @@ names, then `config` over them. */}}
 {{- $_ := set $config $env $bucket -}}
 {{- end -}}
 {{- end -}}
+{{- with index (.Values.tracing | default dict) "otlp-endpoint" -}}
+{{- $_ := set $config "OTEL_EXPORTER_OTLP_ENDPOINT" . -}}
+{{- end -}}
 {{- $merged := merge (deepCopy .Values.config) $config -}}
 {{- /* In-cluster Kafka replaces config's default bootstrap (values.yaml names one, as the
 Kafka sources need one to render). */ -}}

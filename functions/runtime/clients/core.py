@@ -1,9 +1,10 @@
 """The retry budget every backend call runs under, and how its failures are reported.
 
 `within_budget(backend, fn)` retries what the backend calls transient (tenacity: exponential
-backoff with jitter). Transient failures that outlast the budget become `DependencyUnavailable`
-(503, the broker retries later); a credential the service rejects becomes a `SettingsError`
-naming the variable to fix, because retrying cannot help.
+backoff with jitter), in one client tracing span named after the backend. Transient failures
+that outlast the budget become `DependencyUnavailable` (503, the broker retries later); a
+credential the service rejects becomes a `SettingsError` naming the variable to fix, because
+retrying cannot help.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Literal, TypeVar
 
 import tenacity
 
-from functions.runtime import settings
+from functions.runtime import settings, tracing
 from functions.runtime.errors import DependencyUnavailable, SettingsError
 
 T = TypeVar("T")
@@ -68,7 +69,10 @@ def within_budget(backend: Backend, fn: Callable[[], T]) -> T:
         reraise=True,
     )
     try:
-        return retrying(fn)
+        with tracing.span(
+            backend.name, kind=tracing.Kind.CLIENT, attributes={"peer.service": backend.name}
+        ):
+            return retrying(fn)
     except Exception as exc:
         setting = backend.rejected(exc)
         if setting is not None:

@@ -1,4 +1,5 @@
-"""MQTT (paho-mqtt, MQTT 3.1.1): connecting with a CONNACK deadline, confirmed publishes."""
+"""MQTT (paho-mqtt, MQTT 5): connecting with a CONNACK deadline, confirmed publishes that carry
+the caller's trace as a `traceparent` user property."""
 
 from __future__ import annotations
 
@@ -6,11 +7,18 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from functions.runtime import settings
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from functions.runtime import settings, tracing
 from functions.runtime.clients import core
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
+
+
+RECEIVE_MAXIMUM = 20  # Mosquitto's max_inflight_messages, what an MQTT 3.1.1 client gets
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
 
 
 class MqttUnavailable(Exception):
@@ -37,7 +45,11 @@ def connect(
     manual_ack: bool = False,
     on_message: Callable[..., None] | None = None,
 ) -> Any:
-    """A new connected paho client (MQTT 3.1.1); raises MqttRejected on bad credentials.
+    """A new connected paho client (MQTT 5); raises MqttRejected on bad credentials.
+
+    MQTT 5 for its user properties, which carry `traceparent`. A persistent session
+    (`clean_start=False`) never expires and at most RECEIVE_MAXIMUM messages are in flight to
+    the client, as MQTT 3.1.1 sessions behave on Mosquitto.
 
     `on_message` is set before connecting: a persistent session delivers queued messages
     right after CONNACK, and paho drops (never acks) messages that arrive without a callback.
@@ -48,8 +60,7 @@ def connect(
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
         client_id=client_id,
-        clean_session=clean_start,
-        protocol=mqtt.MQTTv311,
+        protocol=mqtt.MQTTv5,
         manual_ack=manual_ack,
     )
     client.on_message = on_message
@@ -65,7 +76,9 @@ def connect(
         connected.set()
 
     client.on_connect = on_connect
-    client.connect(cfg.host, cfg.port, keepalive=30)
+    client.connect(
+        cfg.host, cfg.port, keepalive=30, clean_start=clean_start, properties=_session(clean_start)
+    )
     client.loop_start()
     if not connected.wait(timeout):
         client.loop_stop()
@@ -80,6 +93,22 @@ def connect(
     return client
 
 
+def _session(clean_start: bool) -> Properties:
+    properties = Properties(PacketTypes.CONNECT)
+    properties.ReceiveMaximum = RECEIVE_MAXIMUM
+    if not clean_start:
+        properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+    return properties
+
+
+def traceparent(message: Any) -> str | None:
+    """The `traceparent` user property of a received MQTT 5 message, if any."""
+    for name, value in getattr(message.properties, "UserProperty", None) or ():
+        if name == "traceparent":
+            return str(value)
+    return None
+
+
 class Publisher:
     """A connected paho client with its network loop on a background thread."""
 
@@ -90,7 +119,10 @@ class Publisher:
         """Publish and wait for the broker's acknowledgement, within the retry budget."""
 
         def attempt() -> None:
-            info = self.client.publish(topic, payload, qos=qos)
+            properties = Properties(PacketTypes.PUBLISH)
+            if (parent := tracing.traceparent(new=False)) is not None:
+                properties.UserProperty = [("traceparent", parent)]
+            info = self.client.publish(topic, payload, qos=qos, properties=properties)
             info.wait_for_publish(timeout=timeout)
             if not info.is_published():
                 raise MqttUnavailable(f"publish to {topic} not acknowledged in {timeout}s")

@@ -1,18 +1,20 @@
-"""The object store (MinIO through boto3): one client, 5xx answers retried like outages."""
+"""The object store (MinIO through boto3): one client, 5xx answers retried like outages, and
+objects written carry the writer's trace in their metadata."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from functions.runtime import settings
+from functions.runtime import settings, tracing
 from functions.runtime.clients import core
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 T = TypeVar("T")
+TRACE_METADATA = "x-amz-meta-traceparent"
 
 
 class _S3ServerError(Exception):
@@ -47,7 +49,7 @@ def client() -> S3Client:
     from botocore.config import Config
 
     cfg = settings.minio()
-    return boto3.client(
+    made = boto3.client(
         "s3",
         endpoint_url=cfg.endpoint,
         aws_access_key_id=cfg.access_key,
@@ -61,6 +63,17 @@ def client() -> S3Client:
             retries={"max_attempts": 1, "mode": "standard"},
         ),
     )
+    for operation in ("PutObject", "CopyObject", "CreateMultipartUpload"):
+        made.meta.events.register(f"before-sign.s3.{operation}", _carry_trace)
+    return made
+
+
+def _carry_trace(request: Any, **_: Any) -> None:
+    """Store the writer's trace with the object (`x-amz-meta-traceparent`): its bucket
+    notification then continues the trace (functions.sources.minio_webhook)."""
+    trace = tracing.traceparent(new=False)
+    if trace is not None:
+        request.headers[TRACE_METADATA] = trace
 
 
 def call(fn: Callable[[S3Client], T]) -> T:
