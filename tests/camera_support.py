@@ -56,6 +56,7 @@ class BoundQueue:
             message["_routing_key"] = method.routing_key
             message["_persistent"] = properties.delivery_mode == 2
             message["_message_id"] = properties.message_id
+            message["_traceparent"] = (properties.headers or {}).get("traceparent")
             self.seen.append(message)
 
     def about(self, object_key: str) -> list[dict[str, Any]]:

@@ -122,11 +122,14 @@ class Commands:
         from functions.runtime.clients import mqtt
 
         self.received: list[tuple[float, str, dict[str, Any]]] = []
+        self.traceparents: dict[str, str | None] = {}  # by message_id: the MQTT 5 property
         self._lock = threading.Lock()
 
         def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+            command = json.loads(message.payload)
             with self._lock:
-                self.received.append((time.monotonic(), message.topic, json.loads(message.payload)))
+                self.received.append((time.monotonic(), message.topic, command))
+                self.traceparents[command.get("message_id")] = mqtt.traceparent(message)
 
         self.client_id = unique("ota-test") if persistent else ""
         self.client = mqtt.connect(

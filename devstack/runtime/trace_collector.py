@@ -4,7 +4,8 @@ With `local.tracing.enabled`, the runtime starts it and points every process at 
 (`OTEL_EXPORTER_OTLP_ENDPOINT`); `objectflow traces` prints what it kept. In a cluster the chart
 points the functions at a real collector instead (`tracing.otlpEndpoint`).
 
-Spans are appended, one JSON object a line, to .devstack/data/traces/spans.jsonl:
+Spans are appended, one JSON object a line, to .devstack/data/traces/spans.jsonl (past 64 MiB
+it becomes spans.jsonl.1, replacing the one before):
 `{"trace_id", "span_id", "parent_id", "name", "kind", "service", "start_ns", "end_ns",
 "status", "attributes"}` (ids in hex, as in a traceparent).
 """
@@ -30,6 +31,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from devstack.config import HOST, PATHS
 
 SPANS = PATHS.data("traces") / "spans.jsonl"
+MAX_BYTES = 64 * 1024 * 1024  # then the file becomes spans.jsonl.1 (the one before is dropped)
 KINDS = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 log = logging.getLogger("objectflow.traces")
 
@@ -75,8 +77,11 @@ class Receiver(BaseHTTPRequestHandler):
         except Exception as exc:  # a malformed export: the sender's bug, reported to it
             self.send_error(400, f"not an OTLP protobuf export: {exc}")
             return
-        with self.lock, SPANS.open("a") as out:
-            out.writelines(lines)
+        with self.lock:
+            if SPANS.exists() and SPANS.stat().st_size > MAX_BYTES:
+                SPANS.replace(SPANS.with_suffix(".jsonl.1"))
+            with SPANS.open("a") as out:
+                out.writelines(lines)
         answer = ExportTraceServiceResponse().SerializeToString()
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")

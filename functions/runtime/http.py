@@ -11,8 +11,8 @@
 from the route's pydantic models). The frame adds what every function serves and does:
 - GET /health and GET /metrics;
 - a request id per request (`X-Request-Id`, else a new one) on every log line and in the answer;
-- one JSON log line, request metrics and a tracing span (under the caller's `traceparent`)
-  per request;
+- one JSON log line (with the request's traceparent) and request metrics per request; the
+  request's tracing span is FastAPI's own telemetry's (under the caller's `traceparent`);
 - JSON errors for every failure, `{"error": "<kind>", "detail": "...", "field": "..."}`: an
   ObjectflowError with its status (503 with Retry-After), invalid input 422 naming the field,
   unknown paths 404, wrong methods 405, and the unexpected error 500.
@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -63,12 +64,23 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+UNTRACED = frozenset({"/health", "/healthz", "/readyz", "/metrics"})  # probes and scrapes
+TELEMETRY: TelemetryConfig = {
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "exclude": lambda scope: scope.get("path") in UNTRACED,
+}
+
+
 class HttpFunction(FastAPI):
     """A FastAPI app with objectflow's frame; `target` is what functions-framework serves."""
 
     def __init__(self, name: str, **fastapi_options: Any) -> None:
         fastapi_options.setdefault("title", name)
         fastapi_options.setdefault("responses", ERROR_RESPONSES)
+        # FastAPI's native OpenTelemetry: the request's span (metrics stay Prometheus's)
+        fastapi_options.setdefault("telemetry", TELEMETRY)
         super().__init__(openapi_url="/openapi.json", docs_url=None, redoc_url=None,
                          **fastapi_options)  # fmt: skip
         self.name = name
@@ -204,11 +216,9 @@ class _Frame:
                 ]  # fmt: skip
             await send(message)
 
-        parent = headers.get(b"traceparent", b"").decode() or None
-        with (
-            tracing.span(scope["method"], kind=tracing.Kind.SERVER, parent=parent) as span,
-            objectflow_logging.event_context(request_id=request_id),
-        ):
+        # FastAPI's own telemetry has opened the request's span under the caller's traceparent
+        trace = tracing.traceparent(new=False)
+        with objectflow_logging.event_context(request_id=request_id, traceparent=trace):
             try:
                 await self.app(scope, receive, send_framed)
             except Exception:
@@ -219,8 +229,6 @@ class _Frame:
                 await error(500, body)(scope, receive, send_framed)
             route = scope.get("route")
             template = getattr(route, "path", "unmatched")
-            span.update_name(f"{scope['method']} {template}")
-            span.set_attribute("http.response.status_code", status)
             elapsed = time.perf_counter() - started
             REQUESTS.labels(self.name, template, scope["method"], str(status)).inc()
             REQUEST_DURATION.labels(self.name, template, scope["method"]).observe(elapsed)

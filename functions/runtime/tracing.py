@@ -50,6 +50,11 @@ def enabled() -> bool:
     return _configured is not None
 
 
+def in_trace() -> bool:
+    """Whether a span (of an invocation, a request, a message) is current."""
+    return trace.get_current_span().get_span_context().is_valid
+
+
 @contextmanager
 def span(
     name: str,

@@ -1,7 +1,8 @@
 """The retry budget every backend call runs under, and how its failures are reported.
 
 `within_budget(backend, fn)` retries what the backend calls transient (tenacity: exponential
-backoff with jitter), in one client tracing span named after the backend. Transient failures
+backoff with jitter), in one client tracing span named after the backend when it runs for a
+traced invocation. Transient failures
 that outlast the budget become `DependencyUnavailable` (503, the broker retries later); a
 credential the service rejects becomes a `SettingsError` naming the variable to fix, because
 retrying cannot help.
@@ -69,6 +70,9 @@ def within_budget(backend: Backend, fn: Callable[[], T]) -> T:
         reraise=True,
     )
     try:
+        # off, or a background loop's poll (no trace of its own): no span
+        if not tracing.enabled() or not tracing.in_trace():
+            return retrying(fn)
         with tracing.span(
             backend.name, kind=tracing.Kind.CLIENT, attributes={"peer.service": backend.name}
         ):
