@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos check dlq tick simulate kind-up kind-down
+.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos check dlq traces tick simulate kind-up kind-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,8 +17,8 @@ bootstrap: ## install uv (if missing) and the locked Python environment
 	@command -v uv >/dev/null 2>&1 || [ -x $(HOME)/.local/bin/uv ] || python3 -m pip install --user --quiet "uv==$(UV_VERSION)"
 	@$(UV) sync --frozen --quiet
 
-up: bootstrap ## install what is missing, start and provision every service, start the local runtime; MONITORING=1: and Prometheus
-	@$(RUN) objectflow up $(if $(MONITORING),--monitoring)
+up: bootstrap ## install what is missing, start and provision every service, start the local runtime; MONITORING=1: and Prometheus; TRACING=1: and the trace collector
+	@$(RUN) objectflow up $(if $(MONITORING),--monitoring) $(if $(TRACING),--values devstack/values-tracing.yaml)
 
 down: bootstrap ## stop what `make up` started (by pid)
 	@$(RUN) objectflow down
@@ -37,6 +37,9 @@ dev: bootstrap ## start the services, run the runtime in the foreground (Ctrl-C 
 
 dlq: bootstrap ## list dead-lettered events (more: .venv/bin/objectflow dlq --help)
 	@$(RUN) objectflow dlq list
+
+traces: bootstrap ## the traces the local collector kept (make up TRACING=1); one as a tree: make traces TRACE=<trace id>
+	@$(RUN) objectflow traces $(TRACE)
 
 tick: bootstrap ## fire one schedule's cron tick now: make tick SCHEDULE=camera-reconcile
 	@$(RUN) objectflow tick $(SCHEDULE)

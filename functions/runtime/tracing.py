@@ -13,6 +13,7 @@ one received and logs keep naming it; nothing is recorded or sent.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -25,14 +26,22 @@ from functions.runtime import logging as objectflow_logging
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _configured: str | None = None
+_configuring = threading.Lock()
 Kind = SpanKind
 
 
 def configure(service: str) -> None:
     """Export this process's spans as `service`, if an endpoint is set; once per process (a
     forked child configures its own: the exporter's thread does not survive a fork)."""
-    global _configured
     if _configured is not None or not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return
+    with _configuring:  # a threaded server's first requests may arrive together
+        _configure(service)
+
+
+def _configure(service: str) -> None:
+    global _configured
+    if _configured is not None:
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
