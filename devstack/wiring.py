@@ -781,6 +781,25 @@ class Values(Model):
             taken[relay.local_port] = name
         return ports
 
+    def source_metrics_ports(self) -> dict[str, int]:
+        """Local metrics port of the MQTT bridge, each Kafka source and the cron ticker, by
+        process name: derived from the name like a function's, past every function port."""
+        taken = {port for ports in self.process_ports().values() for port in ports}
+        taken |= {self.local.broker_port}
+        taken |= {relay.local_port for relay in self.sources.outbox_relays.values()}
+        names = [f"kafka-source-{name}" for name in self.sources.kafka]
+        names += ["mqtt-bridge"] if self.sources.mqtt_bridge.routes else []
+        names += ["cron-ticker"] if self.schedules else []
+        found: dict[str, int] = {}
+        base = self.local.function_port_base
+        for name in names:
+            offset = zlib.crc32(name.encode()) % PORT_SPAN
+            while base + offset in taken:  # a collision moves only this process's port
+                offset = (offset + 1) % PORT_SPAN
+            taken.add(base + offset)
+            found[name] = base + offset
+        return found
+
     def function_ports(self) -> dict[str, int]:
         ports = self.ports()
         return {name: ports[name] for name in self.functions}

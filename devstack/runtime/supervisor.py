@@ -23,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -150,7 +150,13 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
         command = [sys.executable, "-m", "devstack.runtime.trace_collector",
                    "--port", str(tracing.port)]  # fmt: skip
         found.append(Component("trace-collector", command, {}, tracing.port))
-    return found
+    metrics = values.source_metrics_ports()
+    return [
+        replace(c, env={**c.env, "OBJECTFLOW_METRICS_PORT": str(metrics[c.name])})
+        if c.name in metrics
+        else c
+        for c in found
+    ]
 
 
 def process_names(name: str, function: wiring.Function) -> list[str]:

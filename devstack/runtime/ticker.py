@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 import requests
 from cloudevents.http import CloudEvent
 from croniter import croniter
+from prometheus_client import start_http_server
 
 from devstack import wiring
 from devstack.errors import DevstackError
@@ -32,6 +33,7 @@ from functions.runtime import logging as json_logging
 from functions.sources import sink
 from functions.sources.ping import ping_event
 
+SOURCE = "cron-ticker"
 MANUAL_RETRY_WINDOW = 10.0  # `objectflow tick` gives up after this many seconds
 
 log = logging.getLogger("objectflow.ticker")
@@ -58,11 +60,13 @@ def run_schedule(name: str, values: wiring.Values, url: str, stop: threading.Eve
             window = (following - due).total_seconds()
             try:
                 sink.post_until_accepted(
-                    session, url, event, source="cron-ticker", within=window, stop=stop
+                    session, url, event, source=SOURCE, within=window, stop=stop
                 )
                 log.info("tick delivered", extra={"schedule": name, "id": event["id"]})
+                sink.MESSAGES.labels(SOURCE, "forwarded").inc()
             except (sink.SinkUnavailable, sink.SinkRejected) as exc:
                 log.error("tick dropped", extra={"schedule": name, "error": str(exc)})
+                sink.MESSAGES.labels(SOURCE, "dropped").inc()
             # Occurrences missed while posting (or while the machine slept) are skipped.
             due = next_fire(schedule, max(due, datetime.now(UTC)))
 
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         values = wiring.load(*args.values)
         url = sink.sink_url()
     json_logging.configure("ticker")
+    if port := os.environ.get("OBJECTFLOW_METRICS_PORT"):
+        start_http_server(int(port))  # ticks forwarded and dropped, the sink's retries
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

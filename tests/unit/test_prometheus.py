@@ -22,7 +22,17 @@ def test_only_processes_serving_metrics_are_targets_each_of_its_kind() -> None:
     # Sources with OBJECTFLOW_METRICS_PORT: the relay's local-port, mongo-outbox's env.
     assert targets["ota-outbox-relay"] == {"url": "http://127.0.0.1:8093/metrics", "kind": "source"}
     assert targets["mongo-outbox"] == {"url": "http://127.0.0.1:8094/metrics", "kind": "source"}
-    assert "mqtt-bridge" not in targets  # no metrics port locally
+    # The bridge, each Kafka source and the ticker: a port derived from the process's name.
+    derived = values.source_metrics_ports()
+    assert {
+        "mqtt-bridge",
+        "cron-ticker",
+        *(f"kafka-source-{k}" for k in values.sources.kafka),
+    } == set(derived)
+    for name, port in derived.items():
+        assert targets[name] == {"url": f"http://127.0.0.1:{port}/metrics", "kind": "source"}
+    served = {p for ports in values.process_ports().values() for p in ports}
+    assert len(set(derived.values())) == len(derived) and not served & set(derived.values())
 
 
 def test_scrape_config_has_a_job_per_kind_and_a_component_label_per_target() -> None:
