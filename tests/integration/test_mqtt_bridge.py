@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 import requests
 
 from devstack.process import free_port
-from functions.runtime import clients, settings
+from functions.runtime import clients, settings, tracing
 from tests.support import RecordingSink, start_stack, stop_service, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,3 +251,19 @@ def test_a_kafka_route_produces_each_payload_unchanged_keyed_by_its_segment(
         admin = KafkaAdminClient(bootstrap_servers=service_env["KAFKA_BOOTSTRAP_SERVERS"])
         admin.delete_topics([topic])
         admin.close()
+
+
+def test_a_devices_trace_is_continued_and_a_message_without_one_starts_one(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher
+) -> None:
+    trace = secrets.token_hex(16)
+    with tracing.span("device", parent=f"00-{trace}-{secrets.token_hex(8)}-01"):
+        publish("dev-traced", 0)  # carried as the MQTT 5 `traceparent` user property
+    publish("dev-untraced", 1)
+    events = wait_for(
+        lambda: len(sink.accepted(unique=True)) == 2 and sink.accepted(unique=True),
+        what="2 events",
+    )
+    traces = {e["subject"]: e["traceparent"].split("-")[1] for e in events}
+    assert traces["dev-traced"] == trace
+    assert traces["dev-untraced"] != trace
