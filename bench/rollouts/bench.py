@@ -49,6 +49,7 @@ ABORT = {"failure_percent": 20, "min_finished": 20}
 FAILING_SHARE = 0.4
 AIM_PAUSE_S = 2.0
 PROFILED = ("ota-rollouts", "ota-dispatcher")
+TOPIC, GROUPS = "job.events", ("scheduler", "command-dispatcher")  # values.yaml's Kafka sources
 MEASURED = ("ota-rollouts", "ota-dispatcher", "ota-status", "ota-scheduler")
 # The source document (002) has no rollout: its one figure near this is a fleet of 500+ devices
 # sending 1,000+ messages a minute, and one incident where commands to all 500 devices at once
@@ -91,6 +92,17 @@ class Rows:
                               (rollout_id,))  # fmt: skip
         return int(count)
 
+    def released(self, rollout_id: str, wave: int) -> float | None:
+        """Jobs/s ota-rollouts created for the wave once its bucket's burst was spent: the
+        pacing as applied, before the scheduler, dispatcher and MQTT."""
+        times = sorted(r[0] for r in self.sql(
+            "SELECT extract(epoch FROM j.created_at)::float8 FROM ota.rollout_devices rd "
+            "JOIN ota.jobs j ON j.rollout_id = rd.rollout_id AND j.device_id = rd.device_id "
+            "WHERE rd.rollout_id = %s AND rd.wave = %s", (rollout_id, wave)))  # fmt: skip
+        steady = [t for t in times if times and t >= times[0] + waves.BURST_S]
+        span = steady[-1] - steady[0] if len(steady) > 1 else 0.0
+        return round((len(steady) - 1) / span, 1) if span else None
+
     def finals(self, rollout_id: str) -> list[tuple[str, float]]:
         """(status, occurred_at epoch) of the jobs' final status.applied rows, in write order."""
         return self.sql(
@@ -128,6 +140,37 @@ def function_pids(broker: int, values: Any) -> dict[str, list[int]]:
     } | {"broker": [broker]}
 
 
+def drain(env: dict[str, str], rows: Rows, timeout: float = 180) -> float:
+    """Until the healthy rollout's last events are through the relay and read from job.events
+    by the runtime's consumer groups, so the abort rollout's events queue behind none; the
+    seconds that took."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.admin import KafkaAdminClient
+
+    began = time.monotonic()
+    wait("the bench's outbox rows relayed", lambda: not rows.sql(
+        "SELECT 1 FROM ota.event_outbox WHERE sent_at IS NULL AND partition_key LIKE %s LIMIT 1",
+        (f"{PREFIX}-%",)), timeout, interval=0.5)  # fmt: skip
+    admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    consumer = KafkaConsumer(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
+    partitions = [TopicPartition(TOPIC, p) for p in consumer.partitions_for_topic(TOPIC) or ()]
+
+    def lag() -> int:
+        ends = consumer.end_offsets(partitions)
+        left = 0
+        for group in GROUPS:
+            committed = admin.list_group_offsets({group: None})[group]
+            left += sum(end - committed[tp].offset for tp, end in ends.items() if tp in committed)
+        return left
+
+    try:
+        wait("job.events read by the runtime", lambda: lag() <= 0, timeout, interval=0.5)
+    finally:
+        consumer.close()
+        admin.close()
+    return round(time.monotonic() - began, 1)
+
+
 def wait(what: str, condition: Any, timeout: float, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
     while not (found := condition()):
@@ -146,21 +189,28 @@ def create(api: str, body: dict[str, Any]) -> tuple[str, float]:
     return answer.json()["id"], asked
 
 
-def healthy(api: str, rows: Rows, ids: list[str], rate: int) -> dict[str, Any]:
+def healthy(api: str, rows: Rows, ids: list[str], rate: int, budget_s: float) -> dict[str, Any]:
+    """The healthy rollout, to its end or for `budget_s` (then cancelled, reported as far as it
+    got: the pipeline, not the pacing, bounds it on a busy machine)."""
     rollout_id, asked = create(api, {
         "firmware_version": FIRMWARE, "devices": ids, "waves": HEALTHY_WAVES,
         "max_per_minute": rate, "abort": {"failure_percent": 50, "min_finished": 10}})  # fmt: skip
-    ideal = len(ids) / (rate / 60)
-    timeout = ideal * 3 + 120
-    status = wait("the healthy rollout finished",
-                  lambda: (r := rows.rollout(rollout_id)) and r[0] != "running" and r,
-                  timeout, interval=1.0)  # fmt: skip
+    deadline = time.monotonic() + budget_s
+    while (status := rows.rollout(rollout_id)) is None or status[0] == "running":
+        if time.monotonic() > deadline:
+            requests.post(f"{api}/rollouts/{rollout_id}/cancel", timeout=120,
+                          headers={"If-Match": str(status[1] if status else 0)})  # fmt: skip
+            break
+        time.sleep(1.0)
+    assert status is not None
     finals = rows.finals(rollout_id)
     done = [at for s, at in finals if s == "done"]
     return {
         "id": rollout_id, "asked_at": asked, "status": status[0], "done": len(done),
         "last_done_s": round(max(done) - asked, 1) if done else None,
-        "rollout_done_s": round(status[2] - asked, 1), "ideal_s": round(ideal, 1),
+        "rollout_done_s": round(status[2] - asked, 1) if status[0] == "done" else None,
+        "ideal_s": round(len(ids) / (rate / 60), 1),
+        "released": rows.released(rollout_id, len(HEALTHY_WAVES) - 1),
     }  # fmt: skip
 
 
@@ -243,6 +293,7 @@ def run(
     max_per_minute: int,
     abort_devices: int,
     firmware_ms: float,
+    budget_s: float,
     profile: bool,
     seconds: float,
     warmup: float,
@@ -273,6 +324,7 @@ def run(
     pids["simulator"] = [sim.pid]
     report: dict[str, Any] = {"devices": devices, "abort_devices": abort_devices,
                               "max_per_minute": max_per_minute, "connect_s": round(connect_s, 1),
+                              "budget_s": budget_s,
                               "dispatch_rate": DispatchSettings().dispatch_rate,
                               "load_before": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
     try:
@@ -280,12 +332,13 @@ def run(
         samplers = spy.record({k: pids[k] for k in PROFILED}, ideal, OUT, 2) if profile else []
         cpu = {part: cpu_seconds(p) for part, p in pids.items()}
         began = time.monotonic()
-        report["healthy"] = healthy(api, rows, ids, max_per_minute)
+        report["healthy"] = healthy(api, rows, ids, max_per_minute, budget_s)
         wall = time.monotonic() - began
         report["cpu_pct"] = {part: round((cpu_seconds(p) - cpu[part]) / wall * 100)
                              for part, p in pids.items()}  # fmt: skip
         for sampler in samplers:
             sampler.wait()
+        report["drain_s"] = drain(env, rows)
         report["abort"] = abort(api, rows, abort_ids, max_per_minute)
     finally:
         stats = sim.close()
@@ -325,10 +378,17 @@ def table(report: dict[str, Any]) -> Table:
                    "most commands in any 60 s / 1 s", "POST -> last done (rollout done)",
                    "abort threshold crossed -> paused"):  # fmt: skip
         out.add_column(column)
+    finished = f"{h['done']:,}/{report['devices']:,} done" + (
+        ""
+        if h["status"] == "done"
+        else f", {h['status']} after the {report['budget_s']:g} s budget"
+    )
     out.add_row(
-        "this project", f"{p['steady_per_s']}", f"{p['most_in_60s']:,} / {p['most_in_1s']}",
-        f"{h['last_done_s']} s ({h['rollout_done_s']} s), {h['done']:,}/{report['devices']:,} "
-        "done", f"{a['pause_s']} s (at {a['finished_at_crossing']} finished jobs)",
+        "this project",
+        f"{p['steady_per_s']} (jobs released by ota-rollouts: {h['released']}/s)",
+        f"{p['most_in_60s']:,} / {p['most_in_1s']}",
+        f"{h['last_done_s']} s ({h['rollout_done_s']} s); {finished}",
+        f"{a['pause_s']} s (at {a['finished_at_crossing']} finished jobs)",
     )  # fmt: skip
     out.add_row(
         "source document's design",
