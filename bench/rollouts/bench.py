@@ -344,7 +344,10 @@ def run(
     finally:
         stats = sim.close()
         report["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    arrived = stats["command_times"]
+    # first arrival per device after the POST: a device's persistent MQTT session may hold a
+    # command an earlier run's cancel left queued (its job deleted since)
+    asked = report["healthy"]["asked_at"]
+    arrived = {d: t for d, t in stats["command_times"].items() if t >= asked}
     last_wave = ids[waves.bounds(HEALTHY_WAVES, devices)[-2] :]
     report["pacing"] = pacing([arrived[d] for d in ids if d in arrived],
                               [arrived[d] for d in last_wave if d in arrived],
