@@ -149,6 +149,12 @@ class Commands:
         with self._lock:
             return [t for t, _topic, _c in self.received]
 
+    def first_arrivals(self) -> list[float]:
+        """When each device's first command arrived (time.monotonic()), in order."""
+        with self._lock:
+            first = {topic: t for t, topic, _c in reversed(self.received)}
+        return sorted(first.values())
+
     def settle(self, device_id: str) -> None:
         """Wait until a marker this test publishes after the fact has arrived on the device's
         topic: any command published before it (the broker acknowledged it) arrived first."""

@@ -190,7 +190,7 @@ class Rows:
 # --- the simulated devices, in a process of their own -----------------------------------------
 
 
-def simulate(ids: list[str], broker: Any, firmware_ms: float, shared: Any, stop: Any,
+def simulate(ids: list[str], broker: Any, behaviour: ota_sim.Behaviour, shared: Any, stop: Any,
              out: Any) -> None:  # fmt: skip
     """The simulator's process: `shared` (connected, ...) is updated as it runs."""
     stats = ota_sim.Stats()
@@ -200,24 +200,24 @@ def simulate(ids: list[str], broker: Any, firmware_ms: float, shared: Any, stop:
         shared[1] = sum(stats.statuses.values())
         return bool(stop.is_set())
 
-    behaviour = ota_sim.Behaviour(firmware_ms=firmware_ms, seed=16)
     asyncio.run(ota_sim.simulate(ids, broker, behaviour, stats, until=until))
     out.put({"statuses": dict(stats.statuses), "finished": len(stats.finished),
-             "link": dict(stats.link)})  # fmt: skip
+             "link": dict(stats.link), "command_times": stats.command_times})  # fmt: skip
 
 
 class Devices:
-    """The simulator process for one path: its statuses go to `bench/<path>/`."""
+    """The simulated devices in a process of their own; their statuses go to
+    `<status_prefix>status/<id>/update` (bench/rollouts: the product's own topics)."""
 
-    def __init__(self, ids: list[str], path: str, firmware_ms: float) -> None:
+    def __init__(self, ids: list[str], behaviour: ota_sim.Behaviour, status_prefix: str) -> None:
         context = multiprocessing.get_context("spawn")
         broker = ota_sim.stack_broker()
         broker = ota_sim.Broker(broker.host, broker.port, broker.username, broker.password,
-                                status_prefix=f"bench/{path}/")  # fmt: skip
+                                status_prefix=status_prefix)  # fmt: skip
         self.shared = context.Array("l", 2)
         self.stop, self.out = context.Event(), context.Queue()
         self.process = context.Process(
-            target=simulate, args=(ids, broker, firmware_ms, self.shared, self.stop, self.out)
+            target=simulate, args=(ids, broker, behaviour, self.shared, self.stop, self.out)
         )
         self.count = len(ids)
 
@@ -315,7 +315,8 @@ def measure(
     made = rows.dispatched_jobs(firmware["version"])
     job_ids = [job for job, _message in made.values()]
     payloads = command_payloads(made, firmware)
-    devices = Devices(rows.ids, path, firmware_ms)
+    behaviour = ota_sim.Behaviour(firmware_ms=firmware_ms, seed=16)
+    devices = Devices(rows.ids, behaviour, f"bench/{path}/")
     connect_s = devices.start()
     pids = {**measured, "simulator": [devices.pid]}
     spread = len(payloads) / (rate / STATUSES_PER_JOB)

@@ -16,3 +16,11 @@ STATUS_DEAD_LETTERS = Counter(
     "Device statuses ota-status refused and Kafka acknowledged on device.status.dlq, by reason.",
     ["reason"],
 )
+ROLLOUT_PAUSES = Counter(
+    "objectflow_ota_rollout_pauses_total",
+    "Rollouts paused, by who paused them (abort: the abort rule; threshold: a wave finished "
+    "below its success_threshold; operator: POST /rollouts/<id>/pause).",
+    ["by"],
+)
+for _by in ("abort", "threshold", "operator"):  # each series from 0, so increase() sees a first
+    ROLLOUT_PAUSES.labels(_by)

@@ -32,6 +32,7 @@ from psycopg2.extras import Json
 
 from functions.ota import jobs, outbox, schedule, waves
 from functions.ota.events import RolloutEvent
+from functions.ota.metrics import ROLLOUT_PAUSES
 from functions.runtime.errors import Conflict, InvalidData, NotFound, ObjectflowError
 
 if TYPE_CHECKING:
@@ -317,6 +318,7 @@ def pause(cur: Cursor, rollout: Rollout, reason: str, by: str) -> Rollout | None
         return None
     withdrawn = _stop_undispatched(cur, paused, f"rollout paused: {reason}", release_again=True)
     record(cur, paused, "rollout.paused", {"by": by, "withdrawn": withdrawn})
+    ROLLOUT_PAUSES.labels(by).inc()  # a rolled-back, retried pause counts twice (alert: > 0)
     return paused
 
 

@@ -8,13 +8,15 @@ records every command with the instant it was issued.
   n's done jobs had reached the success threshold;
 - failing devices in wave 2: it pauses itself with the reason, sends nothing while paused (its
   minute tick run by hand changes nothing), and goes on to the end on POST /resume;
-- cancel: jobs not yet dispatched are cancelled, the dispatched ones reported and left to end.
+- cancel: jobs not yet dispatched are cancelled, the dispatched ones reported and left to end;
+- pacing: `max_per_minute: 120` spreads the commands as asked, timed where they arrive.
 
-`make test` runs 40 devices per rollout, `make chaos` 300."""
+`make test` runs 40 devices per rollout (60 for pacing), `make chaos` 300."""
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 import threading
@@ -29,6 +31,7 @@ import requests
 
 from devstack.ota import sim
 from devstack.runtime import ticker
+from functions.ota import waves as pacing
 from tests.e2e.conftest import OVERLAY
 from tests.ota_support import Commands, sql
 from tests.support import scaled, wait_for
@@ -102,8 +105,13 @@ def test_a_healthy_rollout_runs_its_waves_in_order(
     for earlier, later in itertools.pairwise(waves):
         needed = math.ceil(len(earlier) * 0.95)
         passed_at = done_times(stack_env, rid, earlier)[needed - 1]
+        # a command's issued_at has whole seconds (functions/ota/command.py): compare at that
+        # precision, and the release of the later wave's jobs at full precision
         first_command = min(issued(commands, later))
-        assert first_command > passed_at, (first_command, passed_at)
+        assert first_command >= passed_at.replace(microsecond=0), (first_command, passed_at)
+        (released,) = sql(stack_env, "SELECT min(created_at) FROM ota.jobs WHERE rollout_id = %s "
+                          "AND device_id = ANY(%s)", (rid, later))[0]  # fmt: skip
+        assert released > passed_at, (released, passed_at)
     kinds = [r[0] for r in sql(stack_env, "SELECT event_type FROM ota.event_outbox WHERE "
              "aggregate_id = %s ORDER BY id", (rid,))]  # fmt: skip
     assert kinds == ["rollout.created", "rollout.wave_started", "rollout.wave_started",
@@ -191,3 +199,36 @@ def test_a_cancel_stops_the_jobs_not_yet_dispatched(
                            (rid, device_id)), device_id  # fmt: skip
     assert final["status"] == "cancelled"
     assert final["counts"]["cancelled"] == report["not_started"] + report["cancelled_jobs"]
+
+
+@pytest.mark.xfail(reason=(
+    "known bug: ota-rollouts tops the bucket up only when an event of the rollout arrives or at "
+    "the minute tick; once its jobs' events stop overlapping the releases, nothing steps until "
+    "the tick, which then releases a full bucket (20) at once: ~0.6-0.8 commands/s, not 2/s"),
+    strict=False)  # fmt: skip
+@pytest.mark.chaos
+def test_max_per_minute_spreads_the_commands_as_asked(
+    mqtt_env: None, ota_api: str, stack_env: dict[str, str]
+) -> None:
+    """At 120/min the token bucket lets a burst of BURST_S seconds of the rate go at once, then
+    2 commands/s: timed where they arrive (first arrival per device, at the test's MQTT
+    subscriber), never more than the bucket allows in any window, and close to the rate."""
+    rate = 120
+    devices, version = fleet(ota_api, scaled(60, 300))
+    with running(devices, stack_env, sim.Behaviour(firmware_ms=100, seed=6)) as commands:
+        answer = requests.post(f"{ota_api}/rollouts", timeout=30, json={
+            "firmware_version": version, "devices": devices, "waves": [100],
+            "max_per_minute": rate})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        expected = (len(devices) - pacing.capacity(rate)) / (rate / 60)
+        wait_for(lambda: all(commands.of(d) for d in devices), timeout=expected * 2 + 60,
+                 interval=0.5, what="every device's command")  # fmt: skip
+    arrived = commands.first_arrivals()
+    assert len(arrived) == len(devices)
+    burst = int(pacing.capacity(rate))
+    for window in (1, 5, 10, 30, 60):  # the bucket's bound, with a command of slack for jitter
+        most = max(bisect.bisect_left(arrived, t + window) - n for n, t in enumerate(arrived))
+        assert most <= burst + rate / 60 * window + 1, (window, most)
+    after_burst = arrived[burst:]
+    achieved = (len(after_burst) - 1) / (after_burst[-1] - after_burst[0])
+    assert 0.7 * rate / 60 <= achieved <= 1.25 * rate / 60, achieved

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from functions.ota import advance
 from tests.ota_support import sql, unique
@@ -219,9 +220,12 @@ def test_a_pause_withdraws_undispatched_jobs_and_a_cancel_reports_dispatched_one
         "WHERE id = ANY(%s::uuid[])", ([released[d][0] for d in devices[2:]],))  # fmt: skip
 
     current = api.get(f"/rollouts/{rid}").json()
+    pauses = {"by": "operator"}  # the counter ObjectflowOTARolloutPaused reads (by abort|threshold)
+    before = REGISTRY.get_sample_value("objectflow_ota_rollout_pauses_total", pauses)
     paused = api.post(f"/rollouts/{rid}/pause", json={"reason": "night shift"},
                       headers={"If-Match": f'"{current["version"]}"'})  # fmt: skip
     assert paused.status_code == 200, paused.text
+    assert REGISTRY.get_sample_value("objectflow_ota_rollout_pauses_total", pauses) == before + 1
     assert paused.json()["status"] == "paused" and paused.json()["reason"] == "night shift"
     assert paused.json()["counts"]["pending"] == 2  # withdrawn, released again on resume
     later = [released[d][0] for d in devices[2:]]
