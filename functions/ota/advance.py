@@ -7,7 +7,10 @@ ota-job-events) and by the `ota-rollouts-tick` schedule (every minute):
   abort rule, or a wave finished below its threshold), start the next wave, finish it, or
   release pending devices as pacing and maintenance windows allow; job events of no rollout
   are acknowledged untouched;
-- the tick: every running rollout steps (pacing refills and windows open without events).
+- the tick: every running rollout steps (pacing refills and windows open without events);
+  then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick steps every paced rollout
+  with devices waiting again each OTA_ROLLOUT_PACE_INTERVAL_S, so its commands go out at the
+  pace asked even when no job event comes (the tick is the only wake-up between events).
 
 Each decision is one transaction guarded by the rollout's version (and releases by its pacing
 counter), so two replicas, or an event and the tick, never start a wave twice or release a
@@ -17,6 +20,7 @@ device twice: the loser finds the rollout moved and reads it again.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -54,9 +58,18 @@ def advance(rollout_id: str) -> list[str]:
 
 
 def tick() -> RolloutsTicked:
+    cfg = ota_settings.rollout()
+    until = time.monotonic() + cfg.pace_s
     ids = clients.postgres.transaction(rollouts.running)
     for rollout_id in ids:
         advance(rollout_id)
+    while time.monotonic() + cfg.pace_interval_s < until:
+        paced = clients.postgres.transaction(rollouts.waiting_for_pace)
+        if not paced:
+            break
+        time.sleep(cfg.pace_interval_s)
+        for rollout_id in paced:
+            advance(rollout_id)
     return RolloutsTicked(advanced=len(ids))
 
 

@@ -438,6 +438,22 @@ def step(cur: Cursor, rollout_id: str, now: datetime, batch: int) -> str:
     return release(cur, rollout, counted, now, batch)
 
 
+def waiting_for_pace(cur: Cursor) -> list[str]:
+    """Running rollouts with a pace (max_per_minute or a ramp) and pending devices in a started
+    wave: what only their next tokens release."""
+    cur.execute(
+        """
+        SELECT r.id::text FROM ota.rollouts r
+        WHERE r.status = 'running'
+          AND (jsonb_typeof(r.spec -> 'max_per_minute') = 'number'
+               OR jsonb_typeof(r.spec -> 'ramp') = 'object')
+          AND EXISTS (SELECT 1 FROM ota.rollout_devices rd
+                      WHERE rd.rollout_id = r.id AND rd.job_id IS NULL AND rd.wave <= r.wave)
+        """
+    )
+    return [row[0] for row in cur.fetchall()]
+
+
 def release(
     cur: Cursor, rollout: Rollout, counted: list[waves.Tally], now: datetime, batch: int
 ) -> str:

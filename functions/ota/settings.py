@@ -134,6 +134,12 @@ class RolloutSettings(BaseSettings):
     steps: int = Field(
         default=20, gt=0, description="Decisions per rollout and invocation (waves, releases)"
     )
+    pace_s: float = Field(
+        default=55.0, ge=0, description="How long a tick keeps stepping paced rollouts (s)"
+    )
+    pace_interval_s: float = Field(
+        default=0.5, gt=0, description="Between those steps: the pace's granularity (s)"
+    )
 
 
 class BucketSettings(BaseSettings):

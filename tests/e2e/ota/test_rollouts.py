@@ -201,12 +201,6 @@ def test_a_cancel_stops_the_jobs_not_yet_dispatched(
     assert final["counts"]["cancelled"] == report["not_started"] + report["cancelled_jobs"]
 
 
-@pytest.mark.xfail(reason=(
-    "known bug: ota-rollouts tops the bucket up only when an event of the rollout arrives or at "
-    "the minute tick; once its jobs' events stop overlapping the releases, nothing steps until "
-    "the tick, which then releases a full bucket (20) at once: ~0.6-0.8 commands/s, not 2/s"),
-    strict=False)  # fmt: skip
-@pytest.mark.chaos
 def test_max_per_minute_spreads_the_commands_as_asked(
     mqtt_env: None, ota_api: str, stack_env: dict[str, str]
 ) -> None:
