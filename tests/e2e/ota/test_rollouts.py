@@ -201,6 +201,7 @@ def test_a_cancel_stops_the_jobs_not_yet_dispatched(
     assert final["counts"]["cancelled"] == report["not_started"] + report["cancelled_jobs"]
 
 
+@pytest.mark.chaos
 def test_max_per_minute_spreads_the_commands_as_asked(
     mqtt_env: None, ota_api: str, stack_env: dict[str, str]
 ) -> None:
