@@ -16,3 +16,15 @@ STATUS_DEAD_LETTERS = Counter(
     "Device statuses ota-status refused and Kafka acknowledged on device.status.dlq, by reason.",
     ["reason"],
 )
+TELEMETRY = Counter(
+    "objectflow_ota_telemetry_total",
+    "Heartbeats ota-telemetry handled, by outcome (coalesced: absorbed by the Redis gate, no "
+    "statement; written; unchanged: PostgreSQL's guard; online: written, a waiting rollout "
+    "stepped).",
+    ["outcome"],
+)
+TELEMETRY_DEAD_LETTERS = Counter(
+    "objectflow_ota_telemetry_dead_letters_total",
+    "Heartbeats ota-telemetry refused and Kafka acknowledged on device.telemetry.dlq, by reason.",
+    ["reason"],
+)
