@@ -49,13 +49,13 @@ def _gate(device_id: str, seen: datetime, firmware: str, window_s: float) -> boo
         return True
 
 
-def handle(value: Any, device_id: str | None) -> str:
-    """Apply one device.telemetry record; what it did (coalesced, written, unchanged,
-    online). Raises Refused for a record that can never apply."""
+def handle(value: Any, device_id: str | None, now: datetime | None = None) -> str:
+    """Apply one device.telemetry record received at `now`; what it did (coalesced, written,
+    unchanged, online). Raises Refused for a record that can never apply."""
     cfg = ota_settings.telemetry()
     telemetry = presence.parse(value, device_id, cfg.telemetry_max_bytes)
     assert device_id is not None  # parse refuses a record without a key
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     seen = presence.seen_at(telemetry, now)
     if not _gate(device_id, seen, telemetry.firmware, cfg.online_window):
         return "coalesced"
