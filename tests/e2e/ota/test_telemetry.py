@@ -7,18 +7,22 @@ minute tick needed); the device read shows what the heartbeats said."""
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 
 from devstack.ota import sim
 from tests.e2e.ota.test_rollouts import fleet, rollout
-from tests.ota_support import Commands
+from tests.ota_support import Commands, unique
 from tests.support import wait_for
 
+ROOT = Path(__file__).resolve().parents[3]
 HEARTBEAT_S = 2.0
 
 
@@ -98,3 +102,21 @@ def test_a_rollout_waits_for_silent_devices_and_dispatches_each_on_its_first_hea
         shown = device(ota_api, silent[0])
         assert shown["online"] is True and shown["current_firmware"] == version
         assert isinstance(shown["battery"], float) and isinstance(shown["signal"], float)
+
+
+def test_the_documented_heartbeat_works(ota_api: str, tmp_path: Path) -> None:
+    """docs/ota.md's mosquitto_pub session as written (its own device id; the doc's sleep
+    replaced by waiting on the device read)."""
+    doc = (ROOT / "docs" / "ota.md").read_text()
+    [script] = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "mosquitto_pub" in b]
+    device_id = unique("dev-t1")
+    script = script.replace("dev-t1", device_id).replace(
+        ".devstack/env", str(ROOT / ".devstack" / "env")
+    )
+    script = "\n".join(line for line in script.splitlines() if not line.startswith("sleep "))
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", f"API={ota_api}\n{script}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    shown = wait_for(lambda: (d := device(ota_api, device_id))["online"] and d, timeout=30,
+                     interval=0.3, what="the documented heartbeat applied")  # fmt: skip
+    assert (shown["reported_firmware"], shown["battery"], shown["signal"]) == ("1.0.0", 87.5, -67)
