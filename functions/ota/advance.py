@@ -7,7 +7,9 @@ ota-job-events) and by the `ota-rollouts-tick` schedule (every minute):
   abort rule, or a wave finished below its threshold), start the next wave, finish it, or
   release pending devices as pacing and maintenance windows allow; job events of no rollout
   are acknowledged untouched;
-- the tick: every running rollout steps (pacing refills and windows open without events).
+- the tick: every running rollout steps (pacing refills and windows open without events);
+- ota-telemetry calls `advance` itself for the rollouts a device waits in when its heartbeat
+  brings it back online (functions/ota/telemetry.py).
 
 Each decision is one transaction guarded by the rollout's version (and releases by its pacing
 counter), so two replicas, or an event and the tick, never start a wave twice or release a

@@ -63,7 +63,7 @@ def handle(value: Any, device_id: str | None, now: datetime | None = None) -> st
         written = clients.postgres.transaction(
             lambda cur: presence.write(cur, device_id, telemetry, seen, now, cfg.online_window)
         )
-    except BaseException:  # refused or not written: the next delivery must pass the gate
+    except Exception:  # refused or not written: the next delivery must pass the gate
         presence.forget(clients.redis.client(), device_id)
         raise
     for rollout_id in written.rollouts:
