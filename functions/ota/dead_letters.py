@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -26,15 +27,16 @@ class Refused(Exception):
 
 
 def produce(
-    producer: KafkaProducer,
+    producer: Callable[[], KafkaProducer],
     topic: str,
     letter: type[EventData],
     event: Event[Any],
     value: Any,
     refused: Refused,
 ) -> None:
-    """Produce the refused record to `topic` as a `letter`; returns once Kafka acknowledged
-    it (a Kafka outage raises the client's retryable error, so the record is redelivered)."""
+    """Produce the refused record to `topic` as a `letter` (`producer()` made within the retry
+    budget); returns once Kafka acknowledged it (a Kafka outage raises the client's retryable
+    error, so the record is redelivered)."""
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     try:
         payload, encoding = raw.decode(), "utf-8"
@@ -52,7 +54,7 @@ def produce(
     })  # fmt: skip
 
     def send() -> None:
-        future = producer.send(
+        future = producer().send(
             topic,
             key=key.encode() if key else None,
             value=record.model_dump_json().encode(),

@@ -37,7 +37,7 @@ def _producer() -> KafkaProducer:
 def dead_letter(event: Event[Any], value: Any, refused: statuses.Refused) -> None:
     """Produce the refused record to device.status.dlq; returns once Kafka acknowledged it."""
     topic = ota_settings.status().dlq_topic
-    dead_letters.produce(_producer(), topic, StatusDeadLetter, event, value, refused)
+    dead_letters.produce(_producer, topic, StatusDeadLetter, event, value, refused)
     STATUS_DEAD_LETTERS.labels(refused.reason).inc()
 
 

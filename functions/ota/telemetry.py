@@ -81,7 +81,7 @@ def ota_telemetry(event: Event[Any]) -> None:  # data: a KafkaRecord, or bytes (
         outcome = handle(value, device_id)
     except Refused as refused:
         topic = ota_settings.telemetry().telemetry_dlq_topic
-        dead_letters.produce(_producer(), topic, TelemetryDeadLetter, event, value, refused)
+        dead_letters.produce(_producer, topic, TelemetryDeadLetter, event, value, refused)
         TELEMETRY_DEAD_LETTERS.labels(refused.reason).inc()
         log.warning(
             "telemetry dead-lettered",
