@@ -226,11 +226,16 @@ def test_5000_devices_cost_one_statement_each_per_half_window(
     sql(ota_env, "INSERT INTO ota.devices (device_id, model, timezone) "
         "SELECT unnest(%s::text[]), 'bench', 'UTC'", (ids,))  # fmt: skip
     t0 = datetime.now(UTC) - timedelta(minutes=20)
+    first: dict[str, int] = {}
     for second in (0, 10):
         for device_id in ids:
-            telemetry.handle(beat(t0 + timedelta(seconds=second)), device_id,
-                             now=t0 + timedelta(seconds=second, milliseconds=50))  # fmt: skip
-    assert statements[0] == len(ids)  # 5,000 written, the 5,000 heartbeats after them absorbed
+            at = t0 + timedelta(seconds=second)
+            outcome = telemetry.handle(beat(at), device_id, now=at + timedelta(milliseconds=50))
+            first[outcome] = first.get(outcome, 0) + 1
+    # 5,000 written, the 5,000 heartbeats after them absorbed by Redis; a Redis call that timed
+    # out on the busy machine asks PostgreSQL instead, which writes nothing (`unchanged`)
+    assert first["written"] == len(ids) and first["coalesced"] >= len(ids) * 0.99
+    assert statements[0] == len(ids) + first.get("unchanged", 0)
     seen = sql(ota_env, "SELECT count(*) FROM ota.devices WHERE device_id = ANY(%s) "
                "AND last_seen = %s", (ids, t0))  # fmt: skip
     assert seen == [(len(ids),)]
@@ -247,8 +252,9 @@ def test_5000_devices_cost_one_statement_each_per_half_window(
     bound = len(fleet) * (minutes * 60 / (WINDOW / 2))  # one per device per half window
     print(f"\n{heartbeats} heartbeats of {len(fleet)} devices over {minutes} min: "
           f"{statements[0]} statements (bound {bound:.0f}), {outcomes}")  # fmt: skip
-    assert statements[0] <= bound and outcomes["written"] == statements[0]
-    assert statements[0] == len(fleet) * 4  # at t0 + 150, 300, 450 and 600 s
+    assert outcomes["written"] == len(fleet) * 4 <= bound  # at t0 + 150, 300, 450 and 600 s
+    assert statements[0] == outcomes["written"] + outcomes.get("unchanged", 0)
+    assert outcomes.get("unchanged", 0) <= heartbeats * 0.01
 
 
 class Rollback(Exception):
