@@ -25,6 +25,12 @@ def devices(
     reorder_rate: Rate = 0.0,
     disconnect_rate: Rate = 0.0,
     delay_ms: Annotated[float, typer.Option(min=0, help="Up to this delay per status.")] = 0,
+    heartbeat_s: Annotated[
+        float, typer.Option(min=0, help="Seconds between heartbeats on telemetry/<id>; 0: none.")
+    ] = 10,
+    silent_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of devices sending no heartbeat.")
+    ] = 0.0,
     prefix: Annotated[str, typer.Option(help="Device ids are <prefix>-00000 ...")] = "sim",
     register: Annotated[bool, typer.Option(help="Register the devices through ota-api.")] = False,
     duration: Annotated[float, typer.Option(min=0, help="Seconds to run; 0: until Ctrl-C.")] = 0,
@@ -32,7 +38,8 @@ def devices(
 ) -> None:
     """OTA devices (docs/ota.md "Device simulator"): each takes the commands on
     commands/<id>/ota, downloads and verifies the firmware and reports its statuses on
-    status/<id>/update over a link as flaky as the rates say."""
+    status/<id>/update over a link as flaky as the rates say, and heartbeats on
+    telemetry/<id> (rollouts dispatch only to devices seen lately)."""
     from devstack import wiring
     from devstack.dlq import with_stack_settings
     from devstack.ota import sim
@@ -40,7 +47,8 @@ def devices(
     ids = [f"{prefix}-{n:05d}" for n in range(count)]
     behaviour = sim.Behaviour(
         firmware_ms=firmware_ms, fail_rate=fail_rate, drop_rate=drop_rate, dup_rate=dup_rate,
-        reorder_rate=reorder_rate, delay_ms=delay_ms, disconnect_rate=disconnect_rate, seed=seed,
+        reorder_rate=reorder_rate, delay_ms=delay_ms, disconnect_rate=disconnect_rate,
+        heartbeat_s=heartbeat_s, silent_rate=silent_rate, seed=seed,
     )  # fmt: skip
     console = Console()
     with with_stack_settings():

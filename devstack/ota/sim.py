@@ -9,6 +9,12 @@ device) to `status/<device_id>/update` at QoS 1 over a flaky link: statuses drop
 duplicated, held back behind the next one (reordered) and delayed, and the connection cut now
 and then (the device reconnects and publishes again what the broker had not acknowledged).
 
+While connected, every device not silent sends a heartbeat to `telemetry/<device_id>` at QoS 0
+on connecting and every `heartbeat_s` seconds (`{"ts", "firmware", "battery", "signal",
+"uptime_s"}`; its firmware is the last one it flashed). Silent devices (`silent_rate`,
+`silent_devices`) take commands but send none; removing one from `Stats.silent` while running
+makes it heartbeat within a second (a device coming back into coverage).
+
 Every device authenticates as the shared device user (`MQTT_USER`/`MQTT_PASSWORD`; see
 docs/ota.md for per-device accounts).
 """
@@ -41,6 +47,10 @@ def status_topic(device_id: str, prefix: str = "") -> str:
     return f"{prefix}status/{device_id}/update"
 
 
+def telemetry_topic(device_id: str) -> str:
+    return f"telemetry/{device_id}"
+
+
 @dataclass(frozen=True)
 class Behaviour:
     """How the devices and their link misbehave (rates are probabilities per status/command)."""
@@ -53,6 +63,10 @@ class Behaviour:
     reorder_rate: float = 0.0  # a status held back and sent after the next one
     delay_ms: float = 0.0  # up to this much added before each status
     disconnect_rate: float = 0.0  # the connection cut after a status
+    heartbeat_s: float = 10.0  # between heartbeats; 0: none at all
+    silent_rate: float = 0.0  # a device that sends no heartbeat (offline for rollouts)
+    silent_devices: frozenset[str] = frozenset()  # these are silent too, whatever the rate
+    firmware: str = "sim-0"  # what a device runs before its first update
     seed: int | None = None
 
 
@@ -87,12 +101,15 @@ class Stats:
     finished: dict[str, str] = field(default_factory=dict)  # device id -> its final status
     command_times: dict[str, float] = field(default_factory=dict)  # device id -> first command
     failing: set[str] = field(default_factory=set)  # devices whose flash fails (--fail-rate)
+    silent: set[str] = field(default_factory=set)  # devices sending no heartbeat (discard: wake)
+    heartbeats: int = 0
 
     def line(self) -> str:
         kinds = " ".join(f"{k} {self.statuses[k]}" for k in STATUSES)
         link = " ".join(f"{k} {v}" for k, v in sorted(self.link.items()))
         return (
             f"connected {self.connected}/{self.devices} · commands {self.commands} · "
+            f"heartbeats {self.heartbeats} ({len(self.silent)} silent) · "
             f"statuses: {kinds}" + (f" · link: {link}" if link else "")
         )
 
@@ -113,6 +130,13 @@ class Device:
         self.failing = rng.random() < behaviour.fail_rate or device_id in behaviour.fail_devices
         if self.failing:
             stats.failing.add(device_id)
+        # silent_rate draws only when set, so seeded runs without it misbehave as before
+        silent = behaviour.silent_rate and rng.random() < behaviour.silent_rate
+        if silent or device_id in behaviour.silent_devices:
+            stats.silent.add(device_id)
+        self.firmware = behaviour.firmware
+        self.started = time.monotonic()
+        self.readings = random.Random(device_id)  # battery and signal, apart from the link's rng
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # statuses to send
         self.held: dict[str, Any] | None = None  # a status held back (reordering)
         self.handled: set[str] = set()  # command message ids already worked on
@@ -136,6 +160,8 @@ class Device:
                         async with asyncio.TaskGroup() as tasks:
                             tasks.create_task(self._receive(client))
                             tasks.create_task(self._send(client))
+                            if self.behaviour.heartbeat_s:
+                                tasks.create_task(self._heartbeat(client))
                     finally:
                         self.stats.connected -= 1
                 finally:
@@ -195,7 +221,27 @@ class Device:
         if self.failing:
             report("error", error="flash failed")
             return
+        self.firmware = command.get("firmware_version", self.firmware)
         report("done")
+
+    async def _heartbeat(self, client: aiomqtt.Client) -> None:
+        """A heartbeat on connecting and every heartbeat_s while not silent (checked at least
+        every second, so a device woken from silence is seen at once)."""
+        every = self.behaviour.heartbeat_s
+        last: float | None = None
+        while True:
+            now = time.monotonic()
+            if self.id not in self.stats.silent and (last is None or now - last >= every):
+                beat = {
+                    "ts": datetime.now(UTC).isoformat(), "firmware": self.firmware,
+                    "battery": round(20 + 80 * self.readings.random(), 1),
+                    "signal": -round(50 + 50 * self.readings.random()),
+                    "uptime_s": int(now - self.started),
+                }  # fmt: skip
+                await client.publish(telemetry_topic(self.id), json.dumps(beat), qos=0)
+                self.stats.heartbeats += 1
+                last = now
+            await asyncio.sleep(min(every, 1.0))
 
     def _finish(self, status: dict[str, Any]) -> None:
         """The device's last status left it (or was lost on the link)."""

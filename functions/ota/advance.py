@@ -11,6 +11,8 @@ ota-job-events) and by the `ota-rollouts-tick` schedule (every minute):
   then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick steps every paced rollout
   with devices waiting again each OTA_ROLLOUT_PACE_INTERVAL_S, so its commands go out at the
   pace asked even when no job event comes (the tick is the only wake-up between events).
+- ota-telemetry calls `advance` itself for the rollouts a device waits in when its heartbeat
+  brings it back online (functions/ota/telemetry.py).
 
 Each decision is one transaction guarded by the rollout's version (and releases by its pacing
 counter), so two replicas, or an event and the tick, never start a wave twice or release a

@@ -18,7 +18,7 @@ the relay publishes the outbox (nothing is published from a request). Versions t
 from __future__ import annotations
 
 import itertools
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from croniter import croniter
@@ -34,7 +34,7 @@ from pydantic import (
     model_validator,
 )
 
-from functions.ota import firmwares, jobs, rollouts, schedule
+from functions.ota import firmwares, jobs, presence, rollouts, schedule
 from functions.ota import settings as ota_settings
 from functions.ota.events import Schedule
 from functions.runtime import (
@@ -78,7 +78,16 @@ class DeviceOut(BaseModel):
     model: str
     timezone: str
     current_firmware: str | None
-    last_seen: datetime | None
+    last_seen: datetime | None = Field(description="Its latest status or coalesced heartbeat")
+    online: bool = Field(description="Seen within OTA_ONLINE_WINDOW (rollouts wait for it)")
+    reported_firmware: str | None = Field(description="The firmware its telemetry reports")
+    battery: float | None = Field(description="Percent, from its telemetry")
+    signal: float | None = Field(description="Link quality from its telemetry, e.g. RSSI dBm")
+    uptime_s: int | None = Field(description="Seconds since it booted, from its telemetry")
+
+
+def _online_since() -> datetime:
+    return presence.online_since(datetime.now(UTC), ota_settings.telemetry().online_window)
 
 
 class When(Strict):
@@ -250,7 +259,8 @@ def put_device(device_id: DeviceId, body: DeviceIn) -> JSONResponse:
     device, created = clients.postgres.transaction(
         lambda cur: jobs.put_device(cur, device_id, body.model, body.timezone)
     )
-    return JSONResponse(_out(DeviceOut, device.as_json()), status_code=201 if created else 200)
+    shown = _out(DeviceOut, device.as_json(_online_since()))
+    return JSONResponse(shown, status_code=201 if created else 200)
 
 
 @api.get("/devices/{device_id}", response_model=DeviceOut)
@@ -258,7 +268,7 @@ def get_device(device_id: DeviceId) -> dict[str, Any]:
     device = clients.postgres.transaction(lambda cur: jobs.get_device(cur, device_id))
     if device is None:
         raise NotFound(f"no device {device_id}", field="device_id")
-    return device.as_json()
+    return device.as_json(_online_since())
 
 
 # --- jobs ------------------------------------------------------------------------------------

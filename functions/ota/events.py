@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from functions.runtime.registry import EventData, EventType, register
 
@@ -122,6 +122,49 @@ class StatusDeadLetter(EventData):
     payload: str = Field(description="The record's value as it came (UTF-8, else base64)")
     payload_encoding: Literal["utf-8", "base64"]
     origin: str = Field(description="device.status partition and offset: `device.status/3@17`")
+    refused_at: datetime
+
+
+# --- device telemetry (Kafka device.telemetry, keyed by device id; docs/ota.md) -------------
+
+
+class DeviceTelemetry(EventData):
+    """A heartbeat a device publishes to `telemetry/<device_id>` (QoS 0 or 1), as the bridge
+    forwards it to `device.telemetry`. Fields it does not know are ignored (newer firmware may
+    report more)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    ts: datetime = Field(description="When the device sent it (ISO-8601 with offset)")
+    firmware: str = Field(min_length=1, max_length=64, description="The firmware it runs")
+    battery: float | None = Field(default=None, ge=0, le=100, description="Percent")
+    signal: float | None = Field(
+        default=None, ge=-200, le=200, description="Link quality as the device reports it, "
+        "e.g. RSSI in dBm"
+    )  # fmt: skip
+    uptime_s: int | None = Field(default=None, ge=0, description="Seconds since it booted")
+
+    @field_validator("battery", "signal", "uptime_s", mode="before")
+    @classmethod
+    def _a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool | str):  # pydantic would take true and "42" as numbers
+            raise ValueError("a JSON number")
+        return value
+
+
+TelemetryDlqReason = Literal["not-json", "invalid", "no-device", "unknown-device", "oversize"]
+
+
+class TelemetryDeadLetter(EventData):
+    """A `device.telemetry.dlq` record (key: the device id as it came): why ota-telemetry
+    refused the heartbeat, and the record itself."""
+
+    reason: TelemetryDlqReason
+    detail: str
+    device_id: str | None = Field(description="The record's key")
+    payload: str = Field(description="The record's value as it came (UTF-8, else base64)")
+    payload_encoding: Literal["utf-8", "base64"]
+    origin: str = Field(description="device.telemetry partition and offset")
     refused_at: datetime
 
 

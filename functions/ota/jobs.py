@@ -150,42 +150,55 @@ class Device:
     timezone: str
     current_firmware: str | None
     last_seen: datetime | None
+    reported_firmware: str | None = None  # what its latest written heartbeat said
+    battery: float | None = None
+    signal: float | None = None
+    uptime_s: int | None = None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, online_since: datetime) -> dict[str, Any]:
+        """As the API shows it; online: seen since `online_since` (functions/ota/presence.py)."""
+        online = self.last_seen is not None and self.last_seen >= online_since
         return {
             "device_id": self.device_id,
             "model": self.model,
             "timezone": self.timezone,
             "current_firmware": self.current_firmware,
             "last_seen": iso(self.last_seen) if self.last_seen else None,
+            "online": online,
+            "reported_firmware": self.reported_firmware,
+            "battery": self.battery,
+            "signal": self.signal,
+            "uptime_s": self.uptime_s,
         }
 
 
 # --- devices ----------------------------------------------------------------------------------
 
 
+DEVICE_COLUMNS = (
+    "device_id, model, timezone, current_firmware, last_seen, reported_firmware, battery, "
+    "signal, uptime_s"
+)
+
+
 def put_device(cur: Cursor, device_id: str, model: str, timezone: str) -> tuple[Device, bool]:
     """Register or update a device; True when it is new."""
     cur.execute(
-        """
+        f"""
         INSERT INTO ota.devices (device_id, model, timezone) VALUES (%s, %s, %s)
         ON CONFLICT (device_id) DO UPDATE
             SET model = EXCLUDED.model, timezone = EXCLUDED.timezone, updated_at = now()
-        RETURNING device_id, model, timezone, current_firmware, last_seen, (xmax = 0)
+        RETURNING {DEVICE_COLUMNS}, (xmax = 0)
         """,
         (device_id, model, timezone),
     )
     row = cur.fetchone()
     assert row is not None
-    return Device(*row[:5]), bool(row[5])
+    return Device(*row[:-1]), bool(row[-1])
 
 
 def get_device(cur: Cursor, device_id: str) -> Device | None:
-    cur.execute(
-        "SELECT device_id, model, timezone, current_firmware, last_seen FROM ota.devices "
-        "WHERE device_id = %s",
-        (device_id,),
-    )
+    cur.execute(f"SELECT {DEVICE_COLUMNS} FROM ota.devices WHERE device_id = %s", (device_id,))
     row = cur.fetchone()
     return Device(*row) if row else None
 

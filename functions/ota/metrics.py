@@ -24,3 +24,15 @@ ROLLOUT_PAUSES = Counter(
 )
 for _by in ("abort", "threshold", "operator"):  # each series from 0, so increase() sees a first
     ROLLOUT_PAUSES.labels(_by)
+TELEMETRY = Counter(
+    "objectflow_ota_telemetry_total",
+    "Heartbeats ota-telemetry handled, by outcome (coalesced: absorbed by the Redis gate, no "
+    "statement; written; unchanged: PostgreSQL's guard; online: written, a waiting rollout "
+    "stepped).",
+    ["outcome"],
+)
+TELEMETRY_DEAD_LETTERS = Counter(
+    "objectflow_ota_telemetry_dead_letters_total",
+    "Heartbeats ota-telemetry refused and Kafka acknowledged on device.telemetry.dlq, by reason.",
+    ["reason"],
+)

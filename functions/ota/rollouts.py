@@ -9,9 +9,11 @@ Tables (migration ota_0004_rollouts.sql): `ota.rollouts` (status, version, spec,
 wave started, the pacing bucket) and `ota.rollout_devices` (each device's position, wave and,
 once released, job). A device is *released* when ota-rollouts creates its job (kind now: the
 scheduler makes it ready at once, the dispatcher sends it): only devices of started waves, as
-the pacing allows and inside their maintenance window. A pause withdraws released jobs not yet
-dispatched (cancelled, the device pending again), so a paused rollout dispatches nothing new;
-a cancel cancels them for good and reports the jobs already with their devices.
+the pacing allows, inside their maintenance window and online (seen within OTA_ONLINE_WINDOW,
+functions/ota/presence.py); an offline device waits in its wave, counted `offline`. A pause
+withdraws released jobs not yet dispatched (cancelled, the device pending again), so a paused
+rollout dispatches nothing new; a cancel cancels them for good and reports the jobs already
+with their devices.
 
 Every change of a rollout is guarded by its `version` (optimistic locking: the API's If-Match,
 and ota-rollouts' own decisions, so two replicas never start a wave twice) and writes a
@@ -25,12 +27,13 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from psycopg2.extras import Json
 
-from functions.ota import jobs, outbox, schedule, waves
+from functions.ota import jobs, outbox, presence, schedule, waves
+from functions.ota import settings as ota_settings
 from functions.ota.events import RolloutEvent
 from functions.ota.metrics import ROLLOUT_PAUSES
 from functions.runtime.errors import Conflict, InvalidData, NotFound, ObjectflowError
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
 ACTIVE = ("running", "paused")
 UNDISPATCHED = ("scheduled", "ready")
 WITH_DEVICE = ("dispatched", "downloading", "flashing")
-COUNTED = (waves.PENDING, *jobs.STATES)  # every key of a rollout's counts
+COUNTED = (waves.PENDING, waves.OFFLINE, *jobs.STATES)  # every key of a rollout's counts
 COLUMNS = (
     "id::text, firmware_version, status, reason, version, spec, device_count, wave, "
     "accepted_wave, tokens, tokens_at, pace_version, cancellation, created_at, updated_at"
@@ -142,16 +145,25 @@ def _load(cur: Cursor, rollout_id: str, *, for_update: bool = False) -> Rollout 
     return Rollout(*row) if row else None
 
 
-def tallies(cur: Cursor, rollout: Rollout) -> list[waves.Tally]:
-    """Each wave's devices by job status (`pending`: not released)."""
+def _online_since(now: datetime | None) -> datetime:
+    window = ota_settings.telemetry().online_window
+    return presence.online_since(now or datetime.now(UTC), window)
+
+
+def tallies(cur: Cursor, rollout: Rollout, now: datetime | None = None) -> list[waves.Tally]:
+    """Each wave's devices by job status (not released: `pending`, or `offline` when not seen
+    within OTA_ONLINE_WINDOW of `now`; a device that never sent telemetry is offline)."""
     cur.execute(
         """
-        SELECT rd.wave, coalesce(j.status, %s), count(*)
+        SELECT rd.wave, coalesce(j.status,
+            CASE WHEN d.last_seen >= %(since)s THEN %(pending)s ELSE %(offline)s END), count(*)
         FROM ota.rollout_devices rd LEFT JOIN ota.jobs j ON j.id = rd.job_id
-        WHERE rd.rollout_id = %s GROUP BY 1, 2
+        JOIN ota.devices d ON d.device_id = rd.device_id
+        WHERE rd.rollout_id = %(id)s GROUP BY 1, 2
         """,
-        (waves.PENDING, rollout.id),
-    )
+        {"since": _online_since(now), "pending": waves.PENDING, "offline": waves.OFFLINE,
+         "id": rollout.id},
+    )  # fmt: skip
     per_wave: dict[int, Counter[str]] = {}
     for wave, status, count in cur.fetchall():
         per_wave.setdefault(wave, Counter())[status] = int(count)
@@ -180,8 +192,8 @@ def as_json(cur: Cursor, rollout: Rollout) -> dict[str, Any]:
     def shown(tally: waves.Tally) -> dict[str, int]:
         counts = dict.fromkeys(COUNTED, 0) | dict(tally.counts)
         if cancelled:  # devices never released stay unreleased for good
-            counts["cancelled"] += counts[waves.PENDING]
-            counts[waves.PENDING] = 0
+            counts["cancelled"] += counts[waves.PENDING] + counts[waves.OFFLINE]
+            counts[waves.PENDING] = counts[waves.OFFLINE] = 0
         return counts
 
     def wave_status(i: int, tally: waves.Tally) -> str:
@@ -409,7 +421,7 @@ def step(cur: Cursor, rollout_id: str, now: datetime, batch: int) -> str:
     rollout = _load(cur, rollout_id)
     if rollout is None or rollout.status != "running":
         return "idle"
-    counted = tallies(cur, rollout)
+    counted = tallies(cur, rollout, now)
     spec = rollout.spec
     decision = waves.decide(
         rollout.wave,
@@ -457,7 +469,8 @@ def waiting_for_pace(cur: Cursor) -> list[str]:
 def release(
     cur: Cursor, rollout: Rollout, counted: list[waves.Tally], now: datetime, batch: int
 ) -> str:
-    """Create the jobs of pending devices of started waves, as pacing and windows allow."""
+    """Create the jobs of pending (online) devices of started waves, as pacing and windows
+    allow; offline ones wait."""
     if not any(t.of(waves.PENDING) for t in counted[: rollout.wave + 1]):
         return "idle"
     rate = rollout.rate(sum(t.of("done") for t in counted))
@@ -487,9 +500,16 @@ def release(
         SELECT rd.position, rd.device_id FROM ota.rollout_devices rd
         JOIN ota.devices d ON d.device_id = rd.device_id
         WHERE rd.rollout_id = %(id)s AND rd.job_id IS NULL AND rd.wave <= %(wave)s {zone_filter}
+            AND d.last_seen >= %(since)s
         ORDER BY rd.position LIMIT %(limit)s FOR UPDATE OF rd SKIP LOCKED
         """,
-        {"id": rollout.id, "wave": rollout.wave, "zones": zones, "limit": allowed},
+        {
+            "id": rollout.id,
+            "wave": rollout.wave,
+            "zones": zones,
+            "limit": allowed,
+            "since": _online_since(now),
+        },
     )
     chosen = cur.fetchall()
     if not chosen:

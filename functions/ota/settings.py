@@ -142,6 +142,24 @@ class RolloutSettings(BaseSettings):
     )
 
 
+class TelemetrySettings(BaseSettings):
+    """ota-telemetry and the rollouts' online gate (`OTA_ONLINE_WINDOW`, `OTA_TELEMETRY_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_", extra="ignore")
+
+    online_window: float = Field(
+        default=300,
+        gt=0,
+        description="Seconds since a device was last seen within which it counts as online "
+        "(rollouts dispatch only to online devices); its telemetry is written at most once "
+        "per half of it",
+    )
+    telemetry_dlq_topic: str = Field(default="device.telemetry.dlq", min_length=1)
+    telemetry_max_bytes: int = Field(
+        default=4096, gt=0, description="Largest heartbeat; a bigger one is dead-lettered"
+    )
+
+
 class BucketSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
 
@@ -155,4 +173,5 @@ dispatch = settings.cached(DispatchSettings)
 deadlines = settings.cached(DeadlineSettings)
 status = settings.cached(StatusSettings)
 rollout = settings.cached(RolloutSettings)
+telemetry = settings.cached(TelemetrySettings)
 buckets = settings.cached(BucketSettings)

@@ -10,20 +10,16 @@ once Kafka acknowledged it, acknowledged; nothing else is written for it.
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from functions.ota import dead_letters, statuses
 from functions.ota import settings as ota_settings
-from functions.ota import statuses
 from functions.ota.events import DeviceStatus, StatusDeadLetter
 from functions.ota.metrics import STATUS_DEAD_LETTERS
 from functions.runtime import clients
 from functions.runtime.adapter import Event, cloudevent_function
-from functions.runtime.clients import core
 from functions.sources.events import KafkaRecord
 
 if TYPE_CHECKING:
@@ -40,33 +36,8 @@ def _producer() -> KafkaProducer:
 
 def dead_letter(event: Event[Any], value: Any, refused: statuses.Refused) -> None:
     """Produce the refused record to device.status.dlq; returns once Kafka acknowledged it."""
-    raw = value if isinstance(value, bytes) else json.dumps(value).encode()
-    try:
-        payload, encoding = raw.decode(), "utf-8"
-    except UnicodeDecodeError:
-        payload, encoding = base64.b64encode(raw).decode(), "base64"
-    key = event.extensions.get("key")
-    letter = StatusDeadLetter(
-        reason=refused.reason,
-        detail=refused.detail,
-        device_id=key,
-        payload=payload,
-        payload_encoding=encoding,
-        origin=f"{event.source.rpartition('#')[2]}/{event.id}",
-        refused_at=datetime.now(UTC),
-    )
     topic = ota_settings.status().dlq_topic
-
-    def send() -> None:
-        future = _producer().send(
-            topic,
-            key=key.encode() if key else None,
-            value=letter.model_dump_json().encode(),
-            headers=[("reason", refused.reason.encode())],
-        )
-        future.get(timeout=15)
-
-    core.within_budget(clients.kafka.BACKEND, send)
+    dead_letters.produce(_producer, topic, StatusDeadLetter, event, value, refused)
     STATUS_DEAD_LETTERS.labels(refused.reason).inc()
 
 

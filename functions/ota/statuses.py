@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from functions.ota import jobs
+from functions.ota.dead_letters import Refused
 from functions.ota.events import DeviceStatus
 from functions.runtime.errors import ObjectflowError
 
@@ -44,14 +45,6 @@ Outcome = Literal["applied", "repeated", "late", "impossible", "duplicate"]
 # How far along a job is, by the statuses a device reports (done and error both end it).
 RANK = {"dispatched": 0, "downloading": 1, "flashing": 2, "done": 3, "error": 3}
 NOT_DISPATCHED = ("scheduled", "ready")
-
-
-class Refused(Exception):
-    """A record ota-status can never apply: it goes to device.status.dlq with `reason`."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
 
 
 class JobMoved(ObjectflowError):

@@ -27,7 +27,8 @@ from typing import Literal
 
 FINAL = ("done", "error", "timed_out", "cancelled")
 FAILED = ("error", "timed_out")
-PENDING = "pending"  # a device of the rollout without a job (not released yet)
+PENDING = "pending"  # a device of the rollout without a job (not released yet), online
+OFFLINE = "offline"  # the same, but not seen within OTA_ONLINE_WINDOW: it waits for a heartbeat
 BURST_S = 10.0  # the most a bucket holds, in seconds of its rate
 
 
@@ -48,7 +49,7 @@ def wave_of(position: int, ends: Sequence[int]) -> int:
 
 @dataclass(frozen=True)
 class Tally:
-    """One wave's devices by the status of their job (`pending`: none yet)."""
+    """One wave's devices by the status of their job (`pending`, `offline`: none yet)."""
 
     size: int
     counts: Mapping[str, int] = field(default_factory=dict)

@@ -411,6 +411,8 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
             "job.dlq": 1,
             "device.status": 6,
             "device.status.dlq": 1,
+            "device.telemetry": 6,
+            "device.telemetry.dlq": 1,
         },
         collections=("runner_predictions",),
     )
@@ -438,7 +440,8 @@ def test_infrastructure_is_what_the_domains_and_kafka_sources_declare(tmp_path: 
     # the largest partition count wins; a Kafka source's topic no domain declares gets 3
     assert infrastructure.topics == {
         "product.created": 5, "product.deleted": 3, "job.events": 6, "job.dlq": 1,
-        "device.status": 6, "device.status.dlq": 1, "e2e.events": 6,
+        "device.status": 6, "device.status.dlq": 1, "device.telemetry": 6,
+        "device.telemetry.dlq": 1, "e2e.events": 6,
     }  # fmt: skip
     assert infrastructure.collections == ("runner_predictions", "orders", "x")
     assert wiring.load(E2E).infrastructure().topics["e2e.events"] == 3

@@ -110,6 +110,11 @@ def test_a_device_is_registered_then_updated(api: Any) -> None:
         "timezone": "UTC",
         "current_firmware": None,
         "last_seen": None,
+        "online": False,  # no telemetry yet
+        "reported_firmware": None,
+        "battery": None,
+        "signal": None,
+        "uptime_s": None,
     }
 
 

@@ -48,8 +48,17 @@ def finish(env: dict[str, str], job_ids: list[str], status: str) -> None:
 
 
 @pytest.fixture
-def fleet(device: Callable[..., str]) -> Callable[..., list[str]]:
-    return lambda count, timezone="Europe/Berlin": [device(timezone) for _ in range(count)]
+def fleet(device: Callable[..., str], ota_env: dict[str, str]) -> Callable[..., list[str]]:
+    """`count` registered devices, online (seen now, as their heartbeats would have made them:
+    a rollout releases online devices only)."""
+
+    def make(count: int, timezone: str = "Europe/Berlin") -> list[str]:
+        made = [device(timezone) for _ in range(count)]
+        sql(ota_env, "UPDATE ota.devices SET last_seen = now() WHERE device_id = ANY(%s)",
+            (made,))  # fmt: skip
+        return made
+
+    return make
 
 
 def test_a_rollout_is_created_with_its_waves_and_an_outbox_row(

@@ -26,12 +26,12 @@ SOURCE = "/apis/v1/namespaces/objectflow/kafkasources/ota-device-status#device.s
 TOPICS = {"device.status": 6, "device.status.dlq": 1}
 
 
-def ensure_topics(env: dict[str, str]) -> None:
+def ensure_topics(env: dict[str, str], topics: dict[str, int] = TOPICS) -> None:
     from kafka.admin import KafkaAdminClient, NewTopic
 
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"].split(","))
     try:
-        missing = [NewTopic(t, n, 1) for t, n in TOPICS.items() if t not in admin.list_topics()]
+        missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in admin.list_topics()]
         if missing:
             admin.create_topics(missing)
     finally:
