@@ -55,7 +55,7 @@ def render(report: dict[str, Any]) -> bytes:
     wave_rows = [["wave", "percent", "devices", "status", *SHOWN, "in flight"]]
     for n, wave in enumerate(rollout["waves"], start=1):
         c = wave["counts"]
-        wave_rows.append([str(n), f"{wave['percent']}%", str(len(wave["devices"])),
+        wave_rows.append([str(n), f"{wave['percent']:g}%", str(len(wave["devices"])),
                           wave["status"], *(str(c.get(s, 0)) for s in SHOWN),
                           str(sum(c.get(s, 0) for s in IN_FLIGHT))])  # fmt: skip
     story: list[Any] = [

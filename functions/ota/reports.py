@@ -291,8 +291,9 @@ def job_csv(where: JobFilter) -> Iterator[str]:
 
 
 def summary(cur: Cursor, start: date | None, end: date | None, firmware: str | None) -> dict:
-    """Totals per firmware and per model, and per day, from `ota.report_daily` (days in
-    [start, end); `firmware` narrows the firmware rows and the days to that version)."""
+    """Totals per firmware and per model, and per day, from `ota.report_daily` (UTC days in
+    [start, end)); `firmware` narrows everything to that version (its models then counted
+    from its finished jobs in `ota.report_jobs`)."""
     cur.execute(
         """
         SELECT dimension, key, day, succeeded, failed, timed_out, timed, duration_sum_s,
@@ -317,6 +318,26 @@ def summary(cur: Cursor, start: date | None, end: date | None, firmware: str | N
             into["_timed"] += timed
             into["_sum"] += total_s
             into["max_duration_s"] = max(into["max_duration_s"], max_s)
+    if firmware is not None:  # the daily model rows span every firmware: count its jobs
+        cur.execute(
+            """
+            SELECT model, count(*) FILTER (WHERE outcome = 'done'),
+                   count(*) FILTER (WHERE outcome = 'error'),
+                   count(*) FILTER (WHERE outcome = 'timed_out'), count(duration_s),
+                   coalesce(sum(duration_s), 0), coalesce(max(duration_s), 0)
+            FROM ota.report_jobs
+            WHERE firmware_version = %(firmware)s
+              AND (%(start)s::date IS NULL OR finished_at >= %(start)s::date AT TIME ZONE 'UTC')
+              AND (%(end)s::date IS NULL OR finished_at < %(end)s::date AT TIME ZONE 'UTC')
+            GROUP BY model ORDER BY model
+            """,
+            {"start": start, "end": end, "firmware": firmware},
+        )
+        groups["model"] = {
+            key: {"succeeded": ok, "failed": failed, "timed_out": timed_out, "_timed": timed,
+                  "_sum": total_s, "max_duration_s": max_s}
+            for key, ok, failed, timed_out, timed, total_s, max_s in cur.fetchall()
+        }  # fmt: skip
     return {
         "from": start.isoformat() if start else None,
         "to": end.isoformat() if end else None,
