@@ -40,7 +40,8 @@ def pdf_png(pdf: bytes, tmp: Path) -> bytes:
 @contextmanager
 def chromium(width: int = 1100, height: int = 900) -> Iterator[Any]:
     """A headless Debian chromium driven by Selenium through Debian's chromedriver (no
-    download: Selenium Manager is not asked for a driver)."""
+    download: Selenium Manager is not asked for a driver), with JavaScript switched off: the
+    dashboard must read and act without it."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -50,6 +51,9 @@ def chromium(width: int = 1100, height: int = 900) -> Iterator[Any]:
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  f"--window-size={width},{height}"):  # fmt: skip
         options.add_argument(flag)
+    options.add_experimental_option(
+        "prefs", {"profile.managed_default_content_settings.javascript": 2}
+    )
     driver = webdriver.Chrome(options=options, service=Service(str(shutil.which("chromedriver"))))
     try:
         yield driver
