@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from tests.ota_reports_support import pdf_png, pdf_text
 from tests.ota_support import post_event, sql
 from tests.support import wait_for
 
+ROOT = Path(__file__).resolve().parents[3]
 WAVES = [10, 100]
 DEVICES = 40
 
@@ -100,6 +103,17 @@ def test_a_finished_rollouts_csv_pdf_and_summary(
     assert sql(stack_env, "SELECT * FROM ota.report_daily WHERE key = %s ORDER BY 1, 2",
                (firmware,)) == before  # fmt: skip
     assert summary(ota_reports, firmware)["totals"] == totals
+
+    # docs/ota.md's report session works as written on this rollout
+    doc = (ROOT / "docs" / "ota.md").read_text()
+    [script] = [b for b in re.findall(r"```sh\n(.*?)```", doc, re.S) if "/reports/" in b]
+    script = script.replace(".venv/bin/python", str(ROOT / ".venv" / "bin" / "python"))
+    ran = subprocess.run(["bash", "-euo", "pipefail", "-c", f"ROLLOUT={rid}\n{script}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert f"{DEVICES} done " in ran.stdout or f"{DEVICES} error " in ran.stdout
+    assert f"Rollout {rid}" in " ".join(ran.stdout.split())
+    assert '"field":"from"' in ran.stdout
 
 
 class At:

@@ -133,3 +133,13 @@ def test_a_pdf_of_a_rollout_with_nothing_finished_says_so(tmp_path: Path) -> Non
     report = {"rollout": rollout(pending=36), "finished": [], "timeline": [],
               "durations": {"timed": 0, "mean_s": None, "max_s": None}}  # fmt: skip
     assert "No job has finished yet." in pdf_text(report_pdf.render(report), tmp_path)
+
+
+def test_the_dashboard_calls_the_local_runtimes_ota_api_and_the_docs_name_its_port() -> None:
+    from devstack import wiring
+
+    values = wiring.load()
+    env = values.functions["ota-reports"].env
+    assert env["OTA_REPORTS_API_URL"] == f"http://127.0.0.1:{values.ports()['ota-api']}"
+    doc = (wiring.ROOT / "docs" / "ota.md").read_text()
+    assert f"REPORTS=http://127.0.0.1:{values.ports()['ota-reports']}\n" in doc
