@@ -278,6 +278,11 @@ KIND = GoBinary("kind", "sigs.k8s.io/kind", "sigs.k8s.io/kind", "v0.30.0")
 PROMTOOL = Apt("prometheus", "promtool")
 # The same package's server: the local stack's Prometheus (devstack/monitoring.py).
 PROMETHEUS = Apt("prometheus", "prometheus")
+# poppler's pdftotext and pdftoppm read and render the rollout reports' PDFs in the tests.
+POPPLER = Apt("poppler-utils", "pdftotext")
+# Debian's chromium and its WebDriver: the dashboard's browser tests drive it with Selenium.
+CHROMIUM = Apt("chromium", "chromium")
+CHROMEDRIVER = Apt("chromium-driver", "chromedriver")
 APT = {
     "postgresql": Apt("postgresql-15", str(POSTGRES_BIN / "postgres")),
     "redis": Apt("redis-server", "redis-server"),

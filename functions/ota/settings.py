@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from functions.runtime import settings
@@ -160,6 +160,28 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+class ReportSettings(BaseSettings):
+    """ota-reports (`OTA_REPORTS_*`): where analytical queries run and how long they may take."""
+
+    model_config = SettingsConfigDict(env_prefix="OTA_REPORTS_", extra="ignore")
+
+    database_url: SecretStr | None = Field(
+        default=None, description="A read replica's DSN for the reports; empty: DATABASE_URL"
+    )
+    statement_timeout_ms: int = Field(
+        default=15_000, gt=0, description="Each analytical statement's limit (then 503)"
+    )
+    cache_ttl_s: int = Field(
+        default=300, gt=0, description="Cached PDFs and summaries live this long"
+    )
+    csv_batch: int = Field(default=2000, gt=0, le=100_000, description="Rows per cursor fetch")
+    pool_max: int = Field(default=4, gt=0, description="Connections of the reports' own pool")
+    api_url: str = Field(
+        default="http://ota-api", min_length=1, description="ota-api's base URL (dashboard buttons)"
+    )
+    refresh_s: int = Field(default=5, gt=0, description="The dashboard pages' refresh period")
+
+
 class BucketSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MINIO_", extra="ignore")
 
@@ -174,4 +196,5 @@ deadlines = settings.cached(DeadlineSettings)
 status = settings.cached(StatusSettings)
 rollout = settings.cached(RolloutSettings)
 telemetry = settings.cached(TelemetrySettings)
+reports = settings.cached(ReportSettings)
 buckets = settings.cached(BucketSettings)

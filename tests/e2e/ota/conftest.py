@@ -22,6 +22,13 @@ def ota_api(values: wiring.Values, stack_env: dict[str, str]) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def ota_reports(values: wiring.Values, stack_env: dict[str, str]) -> str:
+    url = f"http://127.0.0.1:{values.ports()['ota-reports']}"
+    requests.get(f"{url}/health", timeout=5).raise_for_status()
+    return url
+
+
 @pytest.fixture
 def firmware(ota_api: str) -> str:
     version = unique("fw")
