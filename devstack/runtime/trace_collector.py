@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -91,7 +92,8 @@ class Receiver(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path in ("/health", "/healthz"):
-            body = b'{"status": "ok", "function": "trace-collector"}'
+            body = json.dumps({"status": "ok", "function": "trace-collector",
+                               "pid": os.getpid()}).encode()  # fmt: skip
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
