@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from functions.runtime import clients
 from functions.runtime.adapter import Event
 from functions.runtime.clients import core
@@ -63,3 +65,24 @@ def produce(
         future.get(timeout=15)
 
     core.within_budget(clients.kafka.BACKEND, send)
+
+
+def record_object(value: Any, device_id: str | None, what: str) -> dict[str, Any]:
+    """A device record's JSON object (value: JSON, or bytes that were not), keyed by a device;
+    `what` names it in the refusal ("a status", "telemetry")."""
+    if isinstance(value, bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            raise Refused("not-json", "the record's value is not JSON") from None
+    if not device_id:
+        raise Refused("no-device", "the record has no key (the device id)")
+    if not isinstance(value, dict):
+        raise Refused("invalid", f"{what} is a JSON object, not {type(value).__name__}")
+    return value
+
+
+def first_error(exc: ValidationError) -> tuple[str, str]:
+    """(field, message) of a validation error's first complaint."""
+    first = exc.errors(include_url=False)[0]
+    return ".".join(str(p) for p in first["loc"]) or "value", first["msg"]

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from functions.ota.dead_letters import Refused
+from functions.ota.dead_letters import Refused, first_error, record_object
 from functions.ota.events import DeviceTelemetry
 
 if TYPE_CHECKING:
@@ -103,21 +103,12 @@ def parse(value: Any, device_id: str | None, max_bytes: int) -> DeviceTelemetry:
     raw = value if isinstance(value, bytes) else json.dumps(value).encode()
     if len(raw) > max_bytes:
         raise Refused("oversize", f"{len(raw)} bytes, over OTA_TELEMETRY_MAX_BYTES {max_bytes}")
-    if isinstance(value, bytes):
-        try:
-            value = json.loads(value)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError
-            raise Refused("not-json", "the record's value is not JSON") from None
-    if not device_id:
-        raise Refused("no-device", "the record has no key (the device id)")
-    if not isinstance(value, dict):
-        raise Refused("invalid", f"telemetry is a JSON object, not {type(value).__name__}")
+    value = record_object(value, device_id, "telemetry")
     try:
         return DeviceTelemetry.model_validate(value)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "value"
-        raise Refused("invalid", f"{where}: {first['msg']}") from None
+        where, message = first_error(exc)
+        raise Refused("invalid", f"{where}: {message}") from None
 
 
 def seen_at(telemetry: DeviceTelemetry, received: datetime) -> datetime:

@@ -26,7 +26,6 @@ truth):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import ValidationError
 
 from functions.ota import jobs
-from functions.ota.dead_letters import Refused
+from functions.ota.dead_letters import Refused, first_error, record_object
 from functions.ota.events import DeviceStatus
 from functions.runtime.errors import ObjectflowError
 
@@ -66,24 +65,15 @@ def dedup_key(status: DeviceStatus) -> str:
 
 def parse(value: Any, device_id: str | None) -> DeviceStatus:
     """The status a `device.status` record carries (value: JSON, or bytes that were not)."""
-    if isinstance(value, bytes):
-        try:
-            value = json.loads(value)
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError
-            raise Refused("not-json", "the record's value is not JSON") from None
-    if not device_id:
-        raise Refused("no-device", "the record has no key (the device id)")
-    if not isinstance(value, dict):
-        raise Refused("invalid", f"a status is a JSON object, not {type(value).__name__}")
+    value = record_object(value, device_id, "a status")
     try:
         return DeviceStatus.model_validate(value)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "value"
+        where, message = first_error(exc)
         if where == "status":
             raise Refused("unknown-status", f"status {value.get('status')!r} is none of "
                           "downloading, flashing, done, error") from None  # fmt: skip
-        raise Refused("invalid", f"{where}: {first['msg']}") from None
+        raise Refused("invalid", f"{where}: {message}") from None
 
 
 def classify(job_status: str, status: str) -> Outcome:
