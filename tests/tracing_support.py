@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from devstack.runtime import trace_collector
+from tests.support import wait_for
 
 
 def trace_id(traceparent: str | None) -> str:
@@ -27,3 +28,17 @@ def roots(spans: list[dict[str, Any]]) -> int:
     """How many spans have no parent in the trace (1: the trace is connected)."""
     ids = {s["span_id"] for s in spans}
     return sum(1 for s in spans if s["parent_id"] not in ids)
+
+
+def wait_for_trace(trace: str, expected: list[tuple[str, str, str]], what: str) -> None:
+    """Wait until `trace` holds a span of each (service, name prefix, kind) and is connected
+    (every parent exported too: a parent span ends, and is exported, after its children)."""
+    wait_for(
+        lambda: (
+            (found := spans_of(trace))
+            and all(has(found, *step) for step in expected)
+            and roots(found) == 1
+        ),
+        timeout=20,
+        what=what,
+    )

@@ -11,7 +11,7 @@ from devstack.camera import sim as camera_sim
 from tests.camera_support import BoundQueue
 from tests.e2e.camera.conftest import uid
 from tests.support import wait_for
-from tests.tracing_support import has, roots, spans_of, trace_id
+from tests.tracing_support import trace_id, wait_for_trace
 
 
 def test_a_camera_capture_is_one_trace_from_the_bridge_to_rabbitmq(
@@ -33,13 +33,4 @@ def test_a_camera_capture_is_one_trace_from_the_bridge_to_rabbitmq(
         ("camera-watch", "camera-watch ", "server"),
         ("camera-watch", "rabbitmq", "client"),
     ]
-    wait_for(
-        lambda: (
-            (found := spans_of(trace))
-            and all(has(found, *step) for step in expected)
-            and roots(found) == 1
-            and found
-        ),
-        timeout=20,
-        what="the capture's spans in the collector",
-    )
+    wait_for_trace(trace, expected, "the capture's spans in the collector")

@@ -12,7 +12,7 @@ import requests
 
 from tests.ota_support import Commands
 from tests.support import wait_for
-from tests.tracing_support import has, roots, spans_of, trace_id
+from tests.tracing_support import trace_id, wait_for_trace
 
 
 def test_an_ota_job_continues_the_callers_trace_to_the_mqtt_command(
@@ -41,13 +41,4 @@ def test_an_ota_job_continues_the_callers_trace_to_the_mqtt_command(
         ("ota-dispatcher", "ota-dispatcher ", "server"),
         ("ota-dispatcher", "mqtt", "client"),
     ]
-    wait_for(
-        lambda: (
-            (found := spans_of(trace))
-            and all(has(found, *step) for step in expected)
-            and roots(found) == 1
-            and found
-        ),
-        timeout=20,
-        what="the job's spans in the collector",
-    )
+    wait_for_trace(trace, expected, "the job's spans in the collector")
