@@ -8,9 +8,10 @@ ota-job-events) and by the `ota-rollouts-tick` schedule (every minute):
   release pending devices as pacing and maintenance windows allow; job events of no rollout
   are acknowledged untouched;
 - the tick: every running rollout steps (pacing refills and windows open without events);
-  then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick steps every paced rollout
-  with devices waiting again each OTA_ROLLOUT_PACE_INTERVAL_S, so its commands go out at the
-  pace asked even when no job event comes (the tick is the only wake-up between events).
+  then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick looks for paced rollouts
+  with devices waiting each OTA_ROLLOUT_PACE_INTERVAL_S and steps them, so their commands go
+  out at the pace asked even when no job event comes (the tick is the only wake-up between
+  events), also for a rollout created during that minute.
 - ota-telemetry calls `advance` itself for the rollouts a device waits in when its heartbeat
   brings it back online (functions/ota/telemetry.py).
 
@@ -65,12 +66,10 @@ def tick() -> RolloutsTicked:
     ids = clients.postgres.transaction(rollouts.running)
     for rollout_id in ids:
         advance(rollout_id)
+    # Also while none waits: a paced rollout created during this minute is paced from its start
     while time.monotonic() + cfg.pace_interval_s < until:
-        paced = clients.postgres.transaction(rollouts.waiting_for_pace)
-        if not paced:
-            break
         time.sleep(cfg.pace_interval_s)
-        for rollout_id in paced:
+        for rollout_id in clients.postgres.transaction(rollouts.waiting_for_pace):
             advance(rollout_id)
     return RolloutsTicked(advanced=len(ids))
 

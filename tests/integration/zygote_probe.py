@@ -6,7 +6,9 @@ import os
 import signal
 import sys
 
-print("argv", sys.argv[1:], "component", os.environ.get("OBJECTFLOW_COMPONENT"), flush=True)
+# one write: two probes share the log file, and an unbuffered print writes piece by piece
+sys.stdout.write(f"argv {sys.argv[1:]} component {os.environ.get('OBJECTFLOW_COMPONENT')}\n")
+sys.stdout.flush()
 if "wait" in sys.argv:
     signal.sigwait({signal.SIGTERM})
 raise SystemExit(int(sys.argv[1]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +19,16 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def create(ota_api: str, devices: list[str], firmware: str, rounds: int) -> list[dict[str, object]]:
+    """`rounds` jobs per device, due in a year: these tests count their job.created events,
+    and thousands of jobs due now would hold the dispatcher (50 commands/s) for a minute
+    after them, in front of the next test's."""
+    later = (datetime.now(UTC) + timedelta(days=365)).isoformat()
     made = []
     for _ in range(rounds):
         response = requests.post(
             f"{ota_api}/jobs",
             timeout=30,
-            json={"device_ids": devices, "firmware_version": firmware},
+            json={"device_ids": devices, "firmware_version": firmware, "schedule_time": later},
         )
         assert response.status_code == 201, response.text
         made += response.json()["jobs"]

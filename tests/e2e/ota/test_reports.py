@@ -111,9 +111,13 @@ def test_a_finished_rollouts_csv_pdf_and_summary(
     ran = subprocess.run(["bash", "-euo", "pipefail", "-c", f"ROLLOUT={rid}\n{script}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert f"{DEVICES} done " in ran.stdout or f"{DEVICES} error " in ran.stdout
     assert f"Rollout {rid}" in " ".join(ran.stdout.split())
     assert '"field":"from"' in ran.stdout
+    [parse] = [b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "jobs.csv" in b]
+    parsed = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", parse], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert parsed.returncode == 0, parsed.stderr
+    assert parsed.stdout.startswith((f"{DEVICES} done ", f"{DEVICES} error ")), parsed.stdout
 
 
 class At:
