@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
-from datetime import UTC, datetime, timedelta
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
