@@ -21,8 +21,9 @@ import requests
 from functions.runtime import cehttp
 from functions.sources.mongo_outbox import to_cloudevent
 from tests.detections_support import Outbox, Process, Worker, metric, source
+from tests.support import scaled
 
-DOCUMENTS, BURSTS = 200, 4
+DOCUMENTS, BURSTS = scaled(100, 400), 4  # documents: `make test` / `make chaos`
 TYPE = "objectflow.detections.prediction.predictable.v1"
 
 
@@ -33,6 +34,7 @@ def box(service_env: dict[str, str]) -> Iterator[Outbox]:
     found.close()
 
 
+@pytest.mark.chaos
 def test_four_workers_and_two_sources_write_each_document_exactly_once(
     service_env: dict[str, str], box: Outbox, tmp_path: Path
 ) -> None:
