@@ -8,10 +8,13 @@ ota-job-events) and by the `ota-rollouts-tick` schedule (every minute):
   release pending devices as pacing and maintenance windows allow; job events of no rollout
   are acknowledged untouched;
 - the tick: every running rollout steps (pacing refills and windows open without events);
-  then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick looks for paced rollouts
-  with devices waiting each OTA_ROLLOUT_PACE_INTERVAL_S and steps them, so their commands go
-  out at the pace asked even when no job event comes (the tick is the only wake-up between
-  events), also for a rollout created during that minute.
+  then, for the rest of its minute (OTA_ROLLOUT_PACE_S), the tick steps every paced rollout
+  with devices waiting again each OTA_ROLLOUT_PACE_INTERVAL_S, so its commands go out at the
+  pace asked even when no job event comes (the tick is the only wake-up between events); it
+  ends early once none waits;
+- a paced rollout's `rollout.created`, `rollout.wave_started` or `rollout.resumed` (devices
+  newly waiting, maybe after the tick ended early): the same pacing for that rollout, until
+  the next minute's tick takes over.
 - ota-telemetry calls `advance` itself for the rollouts a device waits in when its heartbeat
   brings it back online (functions/ota/telemetry.py).
 
@@ -60,18 +63,32 @@ def advance(rollout_id: str) -> list[str]:
     return done
 
 
+def pace(until: float, only: str | None = None) -> None:
+    """Step the paced rollouts with devices waiting (or just `only`) every pace interval until
+    the monotonic instant `until`, or until none waits."""
+    interval = ota_settings.rollout().pace_interval_s
+    while time.monotonic() + interval < until:
+        paced = clients.postgres.transaction(rollouts.waiting_for_pace)
+        if only is not None:
+            paced = [rollout_id for rollout_id in paced if rollout_id == only]
+        if not paced:
+            return
+        time.sleep(interval)
+        for rollout_id in paced:
+            advance(rollout_id)
+
+
 def tick() -> RolloutsTicked:
-    cfg = ota_settings.rollout()
-    until = time.monotonic() + cfg.pace_s
+    until = time.monotonic() + ota_settings.rollout().pace_s
     ids = clients.postgres.transaction(rollouts.running)
     for rollout_id in ids:
         advance(rollout_id)
-    # Also while none waits: a paced rollout created during this minute is paced from its start
-    while time.monotonic() + cfg.pace_interval_s < until:
-        time.sleep(cfg.pace_interval_s)
-        for rollout_id in clients.postgres.transaction(rollouts.waiting_for_pace):
-            advance(rollout_id)
+    pace(until)
     return RolloutsTicked(advanced=len(ids))
+
+
+# What makes a rollout's devices newly waiting for its pace
+WAKES = ("rollout.created", "rollout.wave_started", "rollout.resumed")
 
 
 @cloudevent_function(
@@ -83,6 +100,10 @@ def ota_rollouts(event: Event[JobEvent | RolloutEvent | Ping]) -> Reply | None:
             return None  # a job of no rollout
         steps = advance(event.data.rollout_id)
         log.info("rollout stepped", extra={"rollout_id": event.data.rollout_id, "steps": steps})
+        if isinstance(event.data, RolloutEvent) and event.data.type in WAKES:
+            now = datetime.now(UTC)
+            to_next_minute = 60 - now.second - now.microsecond / 1e6
+            pace(time.monotonic() + to_next_minute + 1, only=event.data.rollout_id)
         return None
     report = tick()
     log.info("tick done", extra=report.model_dump())

@@ -450,9 +450,10 @@ def step(cur: Cursor, rollout_id: str, now: datetime, batch: int) -> str:
     return release(cur, rollout, counted, now, batch)
 
 
-def waiting_for_pace(cur: Cursor) -> list[str]:
-    """Running rollouts with a pace (max_per_minute or a ramp) and pending devices in a started
-    wave: what only their next tokens release."""
+def waiting_for_pace(cur: Cursor, now: datetime | None = None) -> list[str]:
+    """Running rollouts with a pace (max_per_minute or a ramp) and pending online devices in a
+    started wave: what only their next tokens release (an offline device waits for its
+    heartbeat, which steps the rollout itself)."""
     cur.execute(
         """
         SELECT r.id::text FROM ota.rollouts r
@@ -460,8 +461,11 @@ def waiting_for_pace(cur: Cursor) -> list[str]:
           AND (jsonb_typeof(r.spec -> 'max_per_minute') = 'number'
                OR jsonb_typeof(r.spec -> 'ramp') = 'object')
           AND EXISTS (SELECT 1 FROM ota.rollout_devices rd
-                      WHERE rd.rollout_id = r.id AND rd.job_id IS NULL AND rd.wave <= r.wave)
-        """
+                      JOIN ota.devices d ON d.device_id = rd.device_id
+                      WHERE rd.rollout_id = r.id AND rd.job_id IS NULL AND rd.wave <= r.wave
+                        AND d.last_seen >= %s)
+        """,
+        (_online_since(now),),
     )
     return [row[0] for row in cur.fetchall()]
 

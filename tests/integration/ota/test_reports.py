@@ -311,6 +311,7 @@ def test_the_rollout_pdf_holds_its_counts_and_is_cached_until_an_event(
     api: Any, reporting: Any, waiting_rollout: dict[str, Any], tmp_path: Path
 ) -> None:
     rid = waiting_rollout["id"]
+    generation = clients.redis.call(lambda r: r.get("ota:reports:generation"))
     first = reporting.get(f"/reports/rollouts/{rid}.pdf")
     assert first.status_code == 200 and first.headers["content-type"] == "application/pdf"
     text = pdf_text(first.content, tmp_path)
@@ -318,10 +319,10 @@ def test_the_rollout_pdf_holds_its_counts_and_is_cached_until_an_event(
     lines = [" ".join(line.split()) for line in text.splitlines()]
     assert rid in text and f"pending {shown['counts']['pending']}" in lines
     assert shown["counts"]["pending"] == 4 and "1 50% 2 running 0 0 0 0 2 0" in lines
-    generation = clients.redis.call(lambda r: r.get("ota:reports:generation"))
     second = reporting.get(f"/reports/rollouts/{rid}.pdf").content
     if clients.redis.call(lambda r: r.get("ota:reports:generation")) == generation:
-        assert second == first.content  # cached (unless a running runtime's event came between)
+        # cached, unless a running runtime's event came since before the first request
+        assert second == first.content
     paused = {"event_id": str(uuid.uuid4()), "type": "rollout.paused", "rollout_id": rid,
               "firmware_version": shown["firmware_version"], "status": "paused", "version": 2,
               "wave": 1, "reason": "held for the test", "occurred_at": T0.isoformat()}  # fmt: skip
