@@ -7,6 +7,10 @@ still ready at the event's version:
 
 1. the shared rate limit (`OTA_DISPATCH_RATE` per second over every replica; `limits`' moving
    window in Redis): over it, 503 with Retry-After, so the source's backoff paces the commands;
+   a job of a rollout with `max_per_minute` also takes a token of that rollout's own window
+   (`ota:dispatch:rollout:<id>`, at most waves.BURST_S seconds of its rate at once), so a
+   backlog on `job.events` (a restart, another mass update) cannot reach its devices faster
+   than asked, although ota-rollouts released its jobs at that pace before;
 2. a claim in Redis, so two deliveries of one event at once publish one command:
 
        ota:dispatching:<job_id>:<version>   string (expiry CLAIM_S) while a replica publishes
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import threading
 import uuid
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import pybreaker
 
-from functions.ota import command, firmwares, jobs
+from functions.ota import command, firmwares, jobs, waves
 from functions.ota import settings as ota_settings
 from functions.ota.events import KINDS as JOB_KINDS
 from functions.ota.events import ROLLOUT_KINDS, JobEvent, RolloutEvent, cloudevent_type
@@ -82,6 +87,20 @@ def take_rate_token() -> None:
     rate = RateLimitItemPerSecond(cfg.dispatch_rate)
     if not clients.redis.call(lambda _r: limiter().hit(rate, cfg.dispatch_rate_key)):
         raise RateLimited(f"over OTA_DISPATCH_RATE ({cfg.dispatch_rate} commands/s); retry later")
+
+
+def take_rollout_token(rollout_id: str, per_minute: float) -> None:
+    """A token of the rollout's own moving window: BURST_S seconds of its rate, or one command
+    per 60/per_minute seconds when that is less than one."""
+    from limits import RateLimitItemPerSecond
+
+    window = max(waves.BURST_S, 60 / per_minute)
+    item = RateLimitItemPerSecond(max(1, int(per_minute * window / 60)), math.ceil(window))
+    key = f"ota:dispatch:rollout:{rollout_id}"
+    if not clients.redis.call(lambda _r: limiter().hit(item, key)):
+        raise RateLimited(
+            f"over rollout {rollout_id}'s max_per_minute ({per_minute:g}); retry later"
+        )
 
 
 class Channel:
@@ -150,6 +169,10 @@ def dispatch(event: JobEvent) -> jobs.Job | None:
     if not _still_ready(job, event):
         return None
     take_rate_token()
+    if job.rollout_id is not None:
+        per_minute = clients.postgres.transaction(lambda cur: _rollout_pace(cur, job))
+        if per_minute is not None:
+            take_rollout_token(job.rollout_id, per_minute)
     claim = f"ota:dispatching:{job.id}:{job.version}"
     if not clients.redis.call(lambda r: r.set(claim, 1, nx=True, ex=CLAIM_S)):
         raise InFlight(f"job {job.id} is being dispatched by another delivery")
@@ -182,6 +205,15 @@ def _load(cur: Any, event: JobEvent) -> tuple[jobs.Job, firmwares.Firmware]:
     firmware = firmwares.find(cur, job.firmware_version)
     assert firmware is not None  # a foreign key of the job
     return job, firmware
+
+
+def _rollout_pace(cur: Any, job: jobs.Job) -> float | None:
+    """The max_per_minute of the job's rollout (a ramp is paced where jobs are released)."""
+    cur.execute(
+        "SELECT spec -> 'max_per_minute' FROM ota.rollouts WHERE id = %s", (job.rollout_id,)
+    )
+    row = cur.fetchone()
+    return float(row[0]) if row and isinstance(row[0], int | float) else None
 
 
 def _still_ready(job: jobs.Job, event: JobEvent) -> bool:

@@ -210,6 +210,31 @@ def test_the_rate_limit_spreads_commands_and_answers_503_with_retry_after(
     assert all(times[i + 5] - times[i] >= 0.9 for i in range(len(times) - 5))
 
 
+def test_a_rollouts_jobs_leave_no_faster_than_its_max_per_minute(
+    api: Any, dispatcher: Any, ready_job: MakeJob, commands: Callable[..., Commands],
+    firmware: str, ota_env: dict[str, str],
+) -> None:  # fmt: skip
+    """Jobs of a rollout with max_per_minute 30 that all became ready at once (a backlog):
+    5 commands per 10 s (waves.BURST_S of the rate) leave, the 6th is a 503 and stays ready."""
+    events = [ready_job() for _ in range(6)]
+    devices = [e["device_id"] for e in events]
+    answer = api.post("/rollouts", json={"firmware_version": firmware, "devices": devices,
+                                         "waves": [100], "max_per_minute": 30})  # fmt: skip
+    assert answer.status_code == 201, answer.text  # its devices never sent telemetry: offline,
+    rid = answer.json()["id"]  # so it releases nothing itself; the jobs above become its own
+    sql(ota_env, "UPDATE ota.jobs SET rollout_id = %s WHERE id = ANY(%s::uuid[])",
+        (rid, [e["job_id"] for e in events]))  # fmt: skip
+    subscriber = commands(*devices)
+    answers = [post_event(dispatcher, event) for event in events]
+    assert [a.status_code for a in answers] == [204] * 5 + [503], [a.text for a in answers]
+    refused = answers[-1].get_json()
+    assert refused["error"] == "rate-limited" and f"rollout {rid}" in refused["detail"]
+    assert answers[-1].headers["Retry-After"] == "1"
+    wait_for(lambda: len(subscriber.times()) == 5, what="5 commands")
+    assert job_row(ota_env, events[-1]["job_id"])[0] == "ready"
+    assert [c for c in subscriber.of(devices[-1])] == []
+
+
 def test_the_breaker_opens_on_an_unreachable_broker_and_half_opens_after_its_cool_down(
     dispatcher: Any, ready_job: MakeJob, commands: Callable[..., Commands],
     ota_env: dict[str, str],
