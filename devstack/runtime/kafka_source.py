@@ -27,6 +27,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ KAFKA_EVENT = "dev.knative.kafka.event"
 CE_HEADER = "ce_"  # the binary Kafka binding of CloudEvents: attribute `id` in header `ce_id`
 REQUIRED = ("specversion", "id", "source", "type")
 LAG_INTERVAL = 15.0  # seconds between lag measurements
+STUCK_EXIT = 75  # the exit status of a source whose poll hung (EX_TEMPFAIL)
 
 log = logging.getLogger("objectflow.kafka_source")
 
@@ -218,6 +220,9 @@ class Source:
             max_poll_interval_ms=int(max(300.0, patience + 60) * 1000),
         )
         self.acknowledged = Acknowledged(self.consumer)
+        # A join waits at most the rebalance timeout (max.poll.interval) for the other members
+        self.stuck_after = max(300.0, patience + 60) + 30
+        self.polling_since: float | None = None
         self._local = threading.local()  # a keep-alive session per delivering thread
         self._sessions: list[requests.Session] = []
 
@@ -229,11 +234,18 @@ class Source:
         return self._local.session  # type: ignore[no-any-return]
 
     def run(self) -> None:
+        # The topics' partitions known before the first join: kafka-python 3.0.12 joined
+        # without them, assigned nothing, rejoined as the metadata came and could hang there.
+        for topic in self.spec.topics:
+            self._wait_for_partitions(topic)
         self.consumer.subscribe(self.spec.topics, listener=CommitOnRevoke(self.acknowledged))
+        threading.Thread(target=self._watch_polls, daemon=True).start()
         pool = ThreadPoolExecutor(thread_name_prefix=f"kafka-source-{self.name}")
         try:
             while not self.stop.is_set():
+                self.polling_since = time.monotonic()
                 polled = self.consumer.poll(timeout_ms=500)
+                self.polling_since = None
                 # the poll's partitions side by side; the next poll waits for all of them
                 for done in [pool.submit(self._deliver_partition, tp, records)
                              for tp, records in polled.items()]:  # fmt: skip
@@ -245,6 +257,31 @@ class Source:
             self.consumer.close(autocommit=False)
             for session in self._sessions:
                 session.close()
+
+    def _wait_for_partitions(self, topic: str, patience: float = 30.0) -> None:
+        """Until the topic's partitions are known; a topic still missing after `patience` s
+        is subscribed anyway (the group then joins it once it exists)."""
+        deadline = time.monotonic() + patience
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                if self.consumer.partitions_for_topic(topic):
+                    return
+            except KafkaError as exc:
+                log.warning("no topic metadata yet", extra={"topic": topic, "error": repr(exc)})
+            self.stop.wait(1.0)
+        log.warning("subscribing without the topic's partitions", extra={"topic": topic})
+
+    def _watch_polls(self) -> None:
+        """A poll that never returns (the client stuck rejoining its group) ends the process
+        with an error, so the supervisor (or Kubernetes) starts it again: what was delivered and
+        not committed is delivered again, at least once as always."""
+        while not self.stop.wait(5.0):
+            since = self.polling_since
+            if since is not None and time.monotonic() - since > self.stuck_after:
+                log.error(
+                    "poll stuck; exiting to be restarted", extra={"seconds": self.stuck_after}
+                )
+                os._exit(STUCK_EXIT)
 
     def _deliver_partition(self, tp: TopicPartition, records: list[ConsumerRecord]) -> None:
         for record in records:

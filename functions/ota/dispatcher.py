@@ -8,7 +8,7 @@ still ready at the event's version:
 1. the shared rate limit (`OTA_DISPATCH_RATE` per second over every replica; `limits`' moving
    window in Redis): over it, 503 with Retry-After, so the source's backoff paces the commands;
    a job of a rollout with `max_per_minute` also takes a token of that rollout's own window
-   (`ota:dispatch:rollout:<id>`, at most waves.BURST_S seconds of its rate at once), so a
+   (`ota:dispatch:rollout:<id>`: its burst plus 10 s of its rate per 10 s), so a
    backlog on `job.events` (a restart, another mass update) cannot reach its devices faster
    than asked, although ota-rollouts released its jobs at that pace before;
 2. a claim in Redis, so two deliveries of one event at once publish one command:
@@ -90,12 +90,14 @@ def take_rate_token() -> None:
 
 
 def take_rollout_token(rollout_id: str, per_minute: float) -> None:
-    """A token of the rollout's own moving window: BURST_S seconds of its rate, or one command
-    per 60/per_minute seconds when that is less than one."""
+    """A token of the rollout's own moving window of W = BURST_S seconds (longer when the rate
+    is under one command per BURST_S): what its release bucket can let go in W, its full
+    burst plus W of the rate, so jobs released at the pace never wait here."""
     from limits import RateLimitItemPerSecond
 
     window = max(waves.BURST_S, 60 / per_minute)
-    item = RateLimitItemPerSecond(max(1, int(per_minute * window / 60)), math.ceil(window))
+    amount = int(waves.capacity(per_minute) + per_minute * window / 60)
+    item = RateLimitItemPerSecond(amount, math.ceil(window))
     key = f"ota:dispatch:rollout:{rollout_id}"
     if not clients.redis.call(lambda _r: limiter().hit(item, key)):
         raise RateLimited(

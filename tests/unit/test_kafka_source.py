@@ -92,3 +92,33 @@ def test_headers_become_kafkaheader_extensions_and_content_type_is_datacontentty
 
 def test_header_extension_keeps_only_lowercase_alphanumerics() -> None:
     assert header_extension("Retry-Count.v2") == "kafkaheaderretrycountv2"
+
+
+class _Stop:
+    """A stop event whose waits return at once, `rounds` times, then stop the loop."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+
+    def wait(self, _timeout: float) -> bool:
+        self.rounds -= 1
+        return self.rounds < 0
+
+
+@pytest.mark.parametrize(("polling_for", "exits"), [(None, False), (10.0, False), (400.0, True)])
+def test_a_poll_hung_past_the_rebalance_timeout_ends_the_process(
+    monkeypatch: pytest.MonkeyPatch, polling_for: float | None, exits: bool
+) -> None:
+    """The watchdog of kafka-python's hang (a poll stuck rejoining): the supervisor restarts
+    the source. A poll under way for less, or no poll under way, is left alone."""
+    import time
+    from types import SimpleNamespace
+
+    from devstack.runtime import kafka_source
+
+    exited: list[int] = []
+    monkeypatch.setattr(kafka_source.os, "_exit", exited.append)
+    since = None if polling_for is None else time.monotonic() - polling_for
+    source = SimpleNamespace(stop=_Stop(rounds=1), polling_since=since, stuck_after=330.0)
+    kafka_source.Source._watch_polls(source)  # type: ignore[arg-type]
+    assert exited == ([kafka_source.STUCK_EXIT] if exits else [])

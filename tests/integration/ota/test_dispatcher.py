@@ -215,8 +215,9 @@ def test_a_rollouts_jobs_leave_no_faster_than_its_max_per_minute(
     firmware: str, ota_env: dict[str, str],
 ) -> None:  # fmt: skip
     """Jobs of a rollout with max_per_minute 30 that all became ready at once (a backlog):
-    5 commands per 10 s (waves.BURST_S of the rate) leave, the 6th is a 503 and stays ready."""
-    events = [ready_job() for _ in range(6)]
+    10 commands per 10 s leave (its release bucket's burst of 5 and 10 s of the rate), the 11th
+    is a 503 and stays ready."""
+    events = [ready_job() for _ in range(11)]
     devices = [e["device_id"] for e in events]
     answer = api.post("/rollouts", json={"firmware_version": firmware, "devices": devices,
                                          "waves": [100], "max_per_minute": 30})  # fmt: skip
@@ -226,11 +227,11 @@ def test_a_rollouts_jobs_leave_no_faster_than_its_max_per_minute(
         (rid, [e["job_id"] for e in events]))  # fmt: skip
     subscriber = commands(*devices)
     answers = [post_event(dispatcher, event) for event in events]
-    assert [a.status_code for a in answers] == [204] * 5 + [503], [a.text for a in answers]
+    assert [a.status_code for a in answers] == [204] * 10 + [503], [a.text for a in answers]
     refused = answers[-1].get_json()
     assert refused["error"] == "rate-limited" and f"rollout {rid}" in refused["detail"]
     assert answers[-1].headers["Retry-After"] == "1"
-    wait_for(lambda: len(subscriber.times()) == 5, what="5 commands")
+    wait_for(lambda: len(subscriber.times()) == 10, what="10 commands")
     assert job_row(ota_env, events[-1]["job_id"])[0] == "ready"
     assert [c for c in subscriber.of(devices[-1])] == []
 
