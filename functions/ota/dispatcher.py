@@ -8,7 +8,8 @@ still ready at the event's version:
 1. the shared rate limit (`OTA_DISPATCH_RATE` per second over every replica; `limits`' moving
    window in Redis): over it, 503 with Retry-After, so the source's backoff paces the commands;
    a job of a rollout with `max_per_minute` also takes a token of that rollout's own window
-   (`ota:dispatch:rollout:<id>`: its burst plus 10 s of its rate per 10 s), so a
+   (`ota:dispatch:rollout:<id>`: in any 1, 5, 10, 30 or 60 s its burst plus that much of
+   its rate), so a
    backlog on `job.events` (a restart, another mass update) cannot reach its devices faster
    than asked, although ota-rollouts released its jobs at that pace before;
 2. a claim in Redis, so two deliveries of one event at once publish one command:
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import threading
 import uuid
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("objectflow.ota.dispatcher")
 READY = "job.ready_to_execute"
+ROLLOUT_WINDOWS = (1, 5, 10, 30, 60)  # seconds: where a rollout's pace is held at dispatch
 CLAIM_S = 60  # longer than a publish within the retry budget; a crashed holder frees it then
 
 
@@ -90,16 +91,22 @@ def take_rate_token() -> None:
 
 
 def take_rollout_token(rollout_id: str, per_minute: float) -> None:
-    """A token of the rollout's own moving window of W = BURST_S seconds (longer when the rate
-    is under one command per BURST_S): what its release bucket can let go in W, its full
-    burst plus W of the rate, so jobs released at the pace never wait here."""
+    """A token of the rollout's own moving windows: in any window of w seconds (1, 5, 10, 30,
+    60) at most what its release bucket can let go, its burst plus w seconds of the rate, so
+    jobs released at the pace never wait here and a bunch of them cannot go faster."""
     from limits import RateLimitItemPerSecond
 
-    window = max(waves.BURST_S, 60 / per_minute)
-    amount = int(waves.capacity(per_minute) + per_minute * window / 60)
-    item = RateLimitItemPerSecond(amount, math.ceil(window))
+    burst = waves.capacity(per_minute)
+    items = [RateLimitItemPerSecond(int(burst + per_minute * w / 60), w) for w in ROLLOUT_WINDOWS]
     key = f"ota:dispatch:rollout:{rollout_id}"
-    if not clients.redis.call(lambda _r: limiter().hit(item, key)):
+
+    def take(_r: Any) -> bool:
+        window = limiter()
+        if not all(window.test(item, key) for item in items):
+            return False
+        return all([window.hit(item, key) for item in items])
+
+    if not clients.redis.call(take):
         raise RateLimited(
             f"over rollout {rollout_id}'s max_per_minute ({per_minute:g}); retry later"
         )
