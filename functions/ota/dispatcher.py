@@ -9,9 +9,8 @@ still ready at the event's version:
    window in Redis): over it, 503 with Retry-After, so the source's backoff paces the commands;
    a job of a rollout with `max_per_minute` also takes a token of that rollout's own window
    (`ota:dispatch:rollout:<id>`: in any 1, 5, 10, 30 or 60 s its burst plus that much of
-   its rate), so a
-   backlog on `job.events` (a restart, another mass update) cannot reach its devices faster
-   than asked, although ota-rollouts released its jobs at that pace before;
+   its rate), so a backlog on `job.events` (a restart, another mass update) cannot bring its
+   jobs, released at that pace by ota-rollouts, to the devices faster than asked;
 2. a claim in Redis, so two deliveries of one event at once publish one command:
 
        ota:dispatching:<job_id>:<version>   string (expiry CLAIM_S) while a replica publishes
