@@ -208,6 +208,7 @@ class Source:
         patience = self.delivery.window("Kafka") + self.delivery.timeout_seconds * (
             self.delivery.retry + 1
         )
+        rebalance_s = max(300.0, patience + 60)  # max.poll.interval, also the join's limit
         # kafka-python's default session timeout unless values set one (local-session-timeout-ms)
         timeout = self.spec.local_session_timeout_ms
         self.consumer = KafkaConsumer(
@@ -217,11 +218,11 @@ class Source:
             group_id=self.spec.consumer_group,
             enable_auto_commit=False,
             auto_offset_reset=self.spec.initial_offset,
-            max_poll_interval_ms=int(max(300.0, patience + 60) * 1000),
+            max_poll_interval_ms=int(rebalance_s * 1000),
         )
         self.acknowledged = Acknowledged(self.consumer)
         # A join waits at most the rebalance timeout (max.poll.interval) for the other members
-        self.stuck_after = max(300.0, patience + 60) + 30
+        self.stuck_after = rebalance_s + 30
         self.polling_since: float | None = None
         self._local = threading.local()  # a keep-alive session per delivering thread
         self._sessions: list[requests.Session] = []

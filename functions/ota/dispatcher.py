@@ -173,14 +173,12 @@ def channel() -> Channel:
 def dispatch(event: JobEvent) -> jobs.Job | None:
     """Send the command of the job `event` made ready; the dispatched job, or None if the
     event is stale (nothing published)."""
-    job, firmware = clients.postgres.transaction(lambda cur: _load(cur, event))
+    job, firmware, per_minute = clients.postgres.transaction(lambda cur: _load_paced(cur, event))
     if not _still_ready(job, event):
         return None
     take_rate_token()
-    if job.rollout_id is not None:
-        per_minute = clients.postgres.transaction(lambda cur: _rollout_pace(cur, job))
-        if per_minute is not None:
-            take_rollout_token(job.rollout_id, per_minute)
+    if job.rollout_id is not None and per_minute is not None:
+        take_rollout_token(job.rollout_id, per_minute)
     claim = f"ota:dispatching:{job.id}:{job.version}"
     if not clients.redis.call(lambda r: r.set(claim, 1, nx=True, ex=CLAIM_S)):
         raise InFlight(f"job {job.id} is being dispatched by another delivery")
@@ -215,13 +213,18 @@ def _load(cur: Any, event: JobEvent) -> tuple[jobs.Job, firmwares.Firmware]:
     return job, firmware
 
 
-def _rollout_pace(cur: Any, job: jobs.Job) -> float | None:
-    """The max_per_minute of the job's rollout (a ramp is paced where jobs are released)."""
+def _load_paced(cur: Any, event: JobEvent) -> tuple[jobs.Job, firmwares.Firmware, float | None]:
+    """`_load`, and the max_per_minute of the job's rollout if it has one (a ramp is paced
+    where jobs are released), in the same transaction."""
+    job, firmware = _load(cur, event)
+    if job.rollout_id is None:
+        return job, firmware, None
     cur.execute(
         "SELECT spec -> 'max_per_minute' FROM ota.rollouts WHERE id = %s", (job.rollout_id,)
     )
     row = cur.fetchone()
-    return float(row[0]) if row and isinstance(row[0], int | float) else None
+    pace = float(row[0]) if row and isinstance(row[0], int | float) else None
+    return job, firmware, pace
 
 
 def _still_ready(job: jobs.Job, event: JobEvent) -> bool:
