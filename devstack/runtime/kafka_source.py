@@ -245,8 +245,18 @@ class Source:
         try:
             while not self.stop.is_set():
                 self.polling_since = time.monotonic()
-                polled = self.consumer.poll(timeout_ms=500)
-                self.polling_since = None
+                try:
+                    polled = self.consumer.poll(timeout_ms=500)
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    # kafka-python 3 raises a lost broker out of the group coordinator; the
+                    # consumer keeps its place and polls again once the broker is back.
+                    log.warning("poll failed; polling again", extra={"error": repr(exc)})
+                    self.stop.wait(1.0)
+                    continue
+                finally:
+                    self.polling_since = None
                 # the poll's partitions side by side; the next poll waits for all of them
                 for done in [pool.submit(self._deliver_partition, tp, records)
                              for tp, records in polled.items()]:  # fmt: skip
@@ -353,7 +363,10 @@ def main(argv: list[str] | None = None) -> None:
         lag = threading.Thread(target=measure_lag, args=(args.source, source.spec, stop))
         lag.start()
     log.info("kafka source started", extra={"topics": source.spec.topics, "sink": source.url})
-    source.run()
+    try:
+        source.run()
+    finally:
+        stop.set()  # the lag thread too: a source that failed exits and is restarted
     log.info("kafka source stopped")
 
 

@@ -3,10 +3,15 @@ knative-v1.16.1 `InvalidCloudEventInterceptor.validRecord`; binary Kafka binding
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import GroupAuthorizationFailedError, KafkaConnectionError
 
-from devstack.runtime.kafka_source import header_extension, to_cloudevent
+from devstack import wiring
+from devstack.runtime import kafka_source
+from devstack.runtime.kafka_source import Source, header_extension, to_cloudevent
 
 
 def record(
@@ -122,3 +127,57 @@ def test_a_poll_hung_past_the_rebalance_timeout_ends_the_process(
     source = SimpleNamespace(stop=_Stop(rounds=1), polling_since=since, stuck_after=330.0)
     kafka_source.Source._watch_polls(source)  # type: ignore[arg-type]
     assert exited == ([kafka_source.STUCK_EXIT] if exits else [])
+
+
+class _Consumer:
+    """A consumer whose polls raise `errors` in turn, then stop the source."""
+
+    def __init__(self, errors: list[Exception], stop: threading.Event) -> None:
+        self.errors, self.stop, self.polls, self.closed = errors, stop, 0, False
+
+    def partitions_for_topic(self, _topic: str) -> set[int]:
+        return {0}
+
+    def subscribe(self, _topics: list[str], listener: object) -> None:
+        pass
+
+    def poll(self, timeout_ms: int) -> dict[object, list[ConsumerRecord]]:
+        self.polls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        self.stop.set()
+        return {}
+
+    def commit(self, _offsets: object) -> None:
+        pass
+
+    def close(self, autocommit: bool) -> None:
+        self.closed = True
+
+
+def _source(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> Source:
+    monkeypatch.setenv("K_SINK", "http://127.0.0.1:9/")
+    stop = threading.Event()
+    monkeypatch.setattr(stop, "wait", lambda _timeout: stop.is_set())  # no backoff sleeps
+    monkeypatch.setattr(kafka_source, "KafkaConsumer", lambda **_: _Consumer(errors, stop))
+    values = wiring.load()
+    return Source(next(iter(values.sources.kafka)), values, "http://127.0.0.1:9/", stop)
+
+
+def test_a_lost_broker_during_a_poll_is_polled_through() -> None:
+    """kafka-python 3 raises a lost connection out of `poll` (the group coordinator): the source
+    polls again rather than ending its loop (a dead loop left the process up, delivering nothing)."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        source = _source(monkeypatch, [KafkaConnectionError("111 ECONNREFUSED")] * 2)
+        source.run()
+    consumer = source.consumer
+    assert consumer.polls == 3 and consumer.closed  # type: ignore[attr-defined]
+    assert source.polling_since is None
+
+
+def test_an_error_a_retry_cannot_mend_ends_the_loop() -> None:
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        source = _source(monkeypatch, [GroupAuthorizationFailedError("objectflow")])
+        with pytest.raises(GroupAuthorizationFailedError):
+            source.run()
+    assert source.consumer.closed  # type: ignore[attr-defined]
