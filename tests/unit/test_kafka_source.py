@@ -166,7 +166,7 @@ def _source(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> Source:
 
 def test_a_lost_broker_during_a_poll_is_polled_through() -> None:
     """kafka-python 3 raises a lost connection out of `poll` (the group coordinator): the source
-    polls again rather than ending its loop (a dead loop left the process up, delivering nothing)."""
+    polls again rather than end its loop (a dead loop left the process up, delivering nothing)."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         source = _source(monkeypatch, [KafkaConnectionError("111 ECONNREFUSED")] * 2)
         source.run()
