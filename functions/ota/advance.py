@@ -64,13 +64,17 @@ def advance(rollout_id: str) -> list[str]:
 
 
 def pace(until: float, only: str | None = None) -> None:
-    """Step the paced rollouts with devices waiting (or just `only`) every pace interval until
-    the monotonic instant `until`, or until none waits."""
+    """Step the paced rollouts with online devices waiting every pace interval until the
+    monotonic instant `until`, or until none waits. `only`: just that rollout, while any of its
+    devices waits, online or not: a fleet starting up with it comes online within the minute,
+    and stepping on at the pace releases each device as it does, not at the next tick."""
     interval = ota_settings.rollout().pace_interval_s
+
+    def waiting(cur: Cursor) -> list[str]:
+        return rollouts.waiting_for_pace(cur, rollout_id=only)
+
     while time.monotonic() + interval < until:
-        paced = clients.postgres.transaction(rollouts.waiting_for_pace)
-        if only is not None:
-            paced = [rollout_id for rollout_id in paced if rollout_id == only]
+        paced = clients.postgres.transaction(waiting)
         if not paced:
             return
         time.sleep(interval)

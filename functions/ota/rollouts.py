@@ -450,22 +450,26 @@ def step(cur: Cursor, rollout_id: str, now: datetime, batch: int) -> str:
     return release(cur, rollout, counted, now, batch)
 
 
-def waiting_for_pace(cur: Cursor, now: datetime | None = None) -> list[str]:
+def waiting_for_pace(
+    cur: Cursor, now: datetime | None = None, *, rollout_id: str | None = None
+) -> list[str]:
     """Running rollouts with a pace (max_per_minute or a ramp) and pending online devices in a
     started wave: what only their next tokens release (an offline device waits for its
-    heartbeat, which steps the rollout itself)."""
+    heartbeat, which steps the rollout itself). With `rollout_id`: that rollout while any of
+    its started waves' devices is pending, online or not yet (a fleet just starting up)."""
+    online = "" if rollout_id is not None else "AND d.last_seen >= %(online)s"
     cur.execute(
-        """
+        f"""
         SELECT r.id::text FROM ota.rollouts r
-        WHERE r.status = 'running'
+        WHERE r.status = 'running' AND (%(id)s::uuid IS NULL OR r.id = %(id)s::uuid)
           AND (jsonb_typeof(r.spec -> 'max_per_minute') = 'number'
                OR jsonb_typeof(r.spec -> 'ramp') = 'object')
           AND EXISTS (SELECT 1 FROM ota.rollout_devices rd
                       JOIN ota.devices d ON d.device_id = rd.device_id
                       WHERE rd.rollout_id = r.id AND rd.job_id IS NULL AND rd.wave <= r.wave
-                        AND d.last_seen >= %s)
+                        {online})
         """,
-        (_online_since(now),),
+        {"online": _online_since(now), "id": rollout_id},
     )
     return [row[0] for row in cur.fetchall()]
 

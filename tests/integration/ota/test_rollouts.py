@@ -7,6 +7,8 @@ ota-rollouts step the same rollouts): tests assert states, never who reached the
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -14,7 +16,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from functions.ota import advance
+from functions.ota import advance, rollouts
+from functions.runtime import clients
 from tests.ota_support import sql, unique
 from tests.support import wait_for
 
@@ -288,6 +291,34 @@ def test_max_per_minute_releases_a_burst_then_waits(
     advance.advance(rid)
     advance.advance(rid)
     assert len(jobs_of(ota_env, rid)) == 2  # the bucket holds 10 s of 12/min
+
+
+def test_a_paced_rollouts_fleet_coming_online_after_its_start_is_released_at_its_pace(
+    api: Any, firmware: str, device: Callable[..., str], ota_env: dict[str, str]
+) -> None:
+    """A fleet whose heartbeats arrive after the rollout was created: the pace its creation
+    started (ota-rollouts on rollout.created) steps on while devices wait, online or not, so
+    each is released as it comes online, not at the next minute's tick."""
+    devices = [device() for _ in range(4)]  # registered, never seen: offline
+    spec = {"firmware_version": firmware, "devices": devices, "max_per_minute": 600}
+    rid = api.post("/rollouts", json={**spec, "waves": [100]}).json()["id"]
+
+    def waiting(cur: Any) -> list[str]:
+        return rollouts.waiting_for_pace(cur, rollout_id=rid)
+
+    assert rid not in clients.postgres.transaction(rollouts.waiting_for_pace)  # online only
+    assert clients.postgres.transaction(waiting) == [rid]
+    pacing = threading.Thread(target=advance.pace, args=(time.monotonic() + 6, rid))
+    pacing.start()
+    try:
+        time.sleep(1.0)
+        assert jobs_of(ota_env, rid) == {}  # offline devices wait
+        sql(ota_env, "UPDATE ota.devices SET last_seen = now() WHERE device_id = ANY(%s)",
+            (devices,))  # fmt: skip
+        wait_for(lambda: len(jobs_of(ota_env, rid)) == 4, timeout=4, what="released")
+    finally:
+        pacing.join()
+    assert clients.postgres.transaction(waiting) == []
 
 
 def test_devices_outside_their_maintenance_window_wait(
