@@ -8,7 +8,7 @@ endif
 RUN := $(UV) run --frozen
 .DEFAULT_GOAL := help
 
-.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos check dlq traces tick simulate kind-up kind-down
+.PHONY: help bootstrap up down status clean dev demo test lint format bench chaos fuzz check dlq traces tick simulate kind-up kind-down
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ bench: bootstrap ## run every benchmark in bench/<name>/ (bench/README.md; resul
 chaos: bootstrap ## the load and fault tests at full size (make test runs them short): ONLY=camera
 	@$(RUN) objectflow up --values tests/e2e/values-e2e.yaml
 	@$(RUN) objectflow chaos $(if $(ONLY),--only $(ONLY))
+
+fuzz: bootstrap ## fuzz the parsers of outside input at length (make test runs them short): EXAMPLES=5000
+	@$(RUN) objectflow fuzz $(if $(EXAMPLES),--examples $(EXAMPLES))
 
 test: lint bootstrap ## lint, bring the stack up (with the e2e test subscribers), run every test tier
 	@$(RUN) objectflow up --values tests/e2e/values-e2e.yaml

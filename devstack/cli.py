@@ -204,6 +204,26 @@ def chaos(
 
 
 @app.command()
+def fuzz(
+    examples: int = typer.Option(5_000, min=1, help="Examples per target."),
+    only: str = typer.Option(
+        None, "--only", help="Only targets whose test name contains this.", show_default=False
+    ),
+) -> None:
+    """Fuzz the parsers of outside input (tests/fuzz: camera chunks, MinIO notifications,
+    device statuses and heartbeats, Kafka records) with many more examples than `make test`
+    runs. Needs no stack; a failure prints the smallest input that reproduces it."""
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "pytest", "tests/fuzz", "-v", "--hypothesis-show-statistics"]
+    command += ["-k", only] if only else []
+    env = {**os.environ, "OBJECTFLOW_FUZZ_EXAMPLES": str(examples)}
+    raise typer.Exit(subprocess.run(command, cwd=ROOT, env=env, check=False).returncode)
+
+
+@app.command()
 def catalog(
     write: bool = typer.Option(False, help="Rewrite the table in functions/README.md."),
 ) -> None:

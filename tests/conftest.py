@@ -13,7 +13,7 @@ from devstack.config import PATHS, read_env_file
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVSTACK = ROOT / ".devstack"
-TIERS = ("unit", "integration", "e2e", "chart")
+TIERS = ("unit", "integration", "e2e", "chart", "fuzz")
 # Domains: the function packages (functions/<domain>/); everything else is "platform" (the
 # shared runtime, devstack, the chart). Test files named after no domain but testing one:
 DOMAIN_OF_FILE = {"kafka_source": "sources", "mqtt_bridge": "sources", "minio_webhook": "sources",

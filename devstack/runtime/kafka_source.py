@@ -69,6 +69,12 @@ def header_extension(name: str) -> str:
     return "kafkaheader" + "".join(c for c in name.lower() if c.isascii() and c.isalnum())
 
 
+def media_type(text: str) -> bool:
+    """Whether a `content-type` header can be the event's `datacontenttype` (an HTTP header on
+    the way): not empty, printable ASCII only. Any other stays a `kafkaheader*` extension."""
+    return bool(text) and all(" " <= c <= "~" for c in text)
+
+
 def _headers(record: ConsumerRecord) -> list[tuple[str, str]]:
     return [
         (name, raw.decode(errors="replace") if raw is not None else "")
@@ -83,7 +89,7 @@ def binary_cloudevent(record: ConsumerRecord) -> CloudEvent | None:
     for name, text in _headers(record):
         if name.lower().startswith(CE_HEADER):
             attributes[name.lower().removeprefix(CE_HEADER)] = text
-        elif name.lower() == "content-type":
+        elif name.lower() == "content-type" and media_type(text):
             attributes["datacontenttype"] = text
     if any(not attributes.get(name) for name in REQUIRED) or attributes["specversion"] != "1.0":
         return None
@@ -109,7 +115,7 @@ def to_cloudevent(record: ConsumerRecord, namespace: str, source_name: str) -> C
     if record.key:
         attributes["key"] = attributes["partitionkey"] = record.key.decode(errors="replace")
     for name, text in _headers(record):
-        if name.lower() == "content-type":  # carried as datacontenttype instead
+        if name.lower() == "content-type" and media_type(text):  # as datacontenttype instead
             attributes["datacontenttype"] = text
         else:
             attributes[header_extension(name)] = text

@@ -95,6 +95,18 @@ def test_headers_become_kafkaheader_extensions_and_content_type_is_datacontentty
     assert "kafkaheadercontenttype" not in event
 
 
+@pytest.mark.parametrize(
+    "content_type", [b"", b"text/plain\r\nX-Injected: 1", "bild/\u00fc".encode()]
+)
+def test_a_content_type_that_is_no_header_value_stays_a_kafkaheader_extension(
+    content_type: bytes,
+) -> None:
+    """Found by tests/fuzz: such a datacontenttype could not travel as an HTTP header."""
+    event = to_cloudevent(record(b"x", headers=[("content-type", content_type)]), "o", "d")
+    assert "datacontenttype" not in event
+    assert event["kafkaheadercontenttype"] == content_type.decode()
+
+
 def test_header_extension_keeps_only_lowercase_alphanumerics() -> None:
     assert header_extension("Retry-Count.v2") == "kafkaheaderretrycountv2"
 
