@@ -6,9 +6,11 @@ so they cannot disagree.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,18 +58,23 @@ class Paths:
     def bin(self) -> Path:
         return self.cache / "bin"
 
-    def secret(self, name: str) -> str:
-        """A random token made on first use and kept in .devstack/secrets (never in git)."""
+    def secret(self, name: str, make: Callable[[], str] = lambda: secrets.token_urlsafe(32)) -> str:
+        """A random token (`make`) made on first use and kept in .devstack/secrets (never in
+        git)."""
         path = self.state / "secrets" / name
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:  # O_EXCL: two concurrent `objectflow` commands cannot write different tokens
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             return path.read_text().strip()
-        token = secrets.token_urlsafe(32)
+        token = make()
         with os.fdopen(fd, "w") as file:
             file.write(token)
         return token
+
+
+def _ed25519_seed() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,8 @@ class Stack:
             "MINIO_ROOT_USER": self.admin_user,
             "MINIO_ROOT_PASSWORD": self.admin_password,
             "MINIO_WEBHOOK_TOKEN": paths.secret("minio-webhook-token"),
+            # an ed25519 seed (base64): ota-api signs firmwares with it, simulated devices check
+            "OTA_FIRMWARE_SIGNING_KEY": paths.secret("ota-firmware-signing-key", _ed25519_seed),
             **infrastructure.buckets,
             "RABBITMQ_HOST": HOST,
             "RABBITMQ_PORT": str(self.ports["rabbitmq"]),

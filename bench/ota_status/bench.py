@@ -258,7 +258,8 @@ def command_payloads(
     return [
         (command.topic(device), command.Command(
             message_id=message, job_id=job, device_id=device, firmware_version=firmware["version"],
-            url=url, sha256=firmware["sha256"], size=firmware["size"], issued_at=now,
+            url=url, sha256=firmware["sha256"], size=firmware["size"],
+            signature=firmware.get("signature"), issued_at=now,
             expires_at=now + timedelta(hours=1)).payload())
         for device, (job, message) in made.items()
     ]  # fmt: skip

@@ -3,7 +3,9 @@
 N devices in one asyncio process, each its own MQTT session (client id `<prefix>-<n>`,
 persistent: commands sent while it is offline are queued by the broker and delivered at QoS 1
 when it reconnects), subscribed to `commands/<device_id>/ota`. On a command a device downloads
-the firmware through the presigned URL, checks its sha256 and size (a mismatch reports `error`),
+the firmware through the presigned URL, checks its sha256 and size and, holding the firmware
+key (OTA_FIRMWARE_PUBLIC_KEY, else the signing key's; functions/ota/signing.py), the command's
+ed25519 signature over the bytes (a mismatch or a missing signature reports `error`),
 then reports `downloading` (with progress), `flashing` and `done` (or `error` for a failing
 device) to `status/<device_id>/update` at QoS 1 over a flaky link: statuses dropped,
 duplicated, held back behind the next one (reordered) and delayed, and the connection cut now
@@ -35,6 +37,9 @@ from typing import Any
 
 import aiohttp
 import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from functions.ota import signing
 
 STATUSES = ("downloading", "flashing", "done", "error")
 
@@ -124,9 +129,11 @@ class Device:
         http: aiohttp.ClientSession,
         rng: random.Random,
         connect_slots: asyncio.Semaphore,
+        trusted_key: Ed25519PublicKey | None = None,
     ) -> None:
         self.id, self.broker, self.behaviour, self.stats = device_id, broker, behaviour, stats
         self.http, self.rng, self.connect_slots = http, rng, connect_slots
+        self.trusted_key = trusted_key
         self.failing = rng.random() < behaviour.fail_rate or device_id in behaviour.fail_devices
         if self.failing:
             stats.failing.add(device_id)
@@ -198,22 +205,30 @@ class Device:
 
         report("downloading", progress=0)
         try:
-            digest, size = hashlib.sha256(), 0
+            image = bytearray()
             async with self.http.get(command["url"]) as response:
                 response.raise_for_status()
                 total = int(command.get("size") or 0)
                 halfway = False
                 async for chunk in response.content.iter_chunked(64 * 1024):
-                    digest.update(chunk)
-                    size += len(chunk)
-                    if total and not halfway and size * 2 >= total:
+                    image += chunk
+                    if total and not halfway and len(image) * 2 >= total:
                         halfway = True
                         report("downloading", progress=50)
         except (TimeoutError, aiohttp.ClientError) as exc:
             report("error", error=f"download failed: {exc}")
             return
-        if digest.hexdigest() != command.get("sha256") or size != command.get("size", size):
+        size = len(image)
+        if hashlib.sha256(image).hexdigest() != command.get("sha256") or size != command.get(
+            "size", size
+        ):
             report("error", error="sha256 mismatch")
+            return
+        signature = command.get("signature")
+        if self.trusted_key is not None and not (
+            isinstance(signature, str) and signing.verifies(self.trusted_key, signature, image)
+        ):
+            report("error", error="signature mismatch")
             return
         report("downloading", progress=100)
         report("flashing")
@@ -310,7 +325,9 @@ async def simulate(
     until: Callable[[], bool],
     connect_concurrency: int = 200,
 ) -> None:
-    """Run the devices until `until()` holds (checked every 0.2 s), then disconnect them."""
+    """Run the devices until `until()` holds (checked every 0.2 s), then disconnect them. They
+    trust the firmware key the settings name (none: they check no signature)."""
+    trusted_key = signing.verifier()
     rng = random.Random(behaviour.seed)
     slots = asyncio.Semaphore(connect_concurrency)
     stats.devices = len(device_ids)
@@ -318,7 +335,9 @@ async def simulate(
     connector = aiohttp.TCPConnector(limit=200)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as http:
         devices = [
-            Device(d, broker, behaviour, stats, http, random.Random(rng.random()), slots)
+            Device(
+                d, broker, behaviour, stats, http, random.Random(rng.random()), slots, trusted_key
+            )
             for d in device_ids
         ]
         tasks = [asyncio.create_task(device.run()) for device in devices]

@@ -1,7 +1,8 @@
 """ota-api — firmwares, devices and jobs over HTTP (docs/ota.md has the table and examples).
 
-PUT  /firmwares/<version>     binary body or multipart `file`: 201 new, 200 same bytes, 409 other
-GET  /firmwares, /firmwares/<version>
+PUT  /firmwares/<version>     binary body or multipart `file` (+ X-Firmware-Signature?): 201 new,
+                              200 same bytes, 409 other
+GET  /firmwares, /firmwares/<version>, /signing-key (the public key devices verify with)
 PUT  /devices/<device_id>     {"model", "timezone"}: 201 registered, 200 updated
 GET  /devices/<device_id>
 POST /jobs                    {"device_id" | "device_ids", "firmware_version", schedule?}: 201
@@ -34,7 +35,7 @@ from pydantic import (
     model_validator,
 )
 
-from functions.ota import firmwares, jobs, presence, rollouts, schedule
+from functions.ota import firmwares, jobs, presence, rollouts, schedule, signing
 from functions.ota import settings as ota_settings
 from functions.ota.events import Schedule
 from functions.runtime import (
@@ -62,6 +63,15 @@ class FirmwareOut(BaseModel):
     sha256: str
     key: str = Field(description="Object key in MINIO_FIRMWARE_BUCKET")
     created_at: datetime
+    signature: str | None = Field(
+        description="base64 ed25519 signature of the bytes, as devices get it (null: unsigned)"
+    )
+
+
+class SigningKey(BaseModel):
+    public_key: str | None = Field(
+        description="PEM of the ed25519 key firmware signatures verify with (null: none set)"
+    )
 
 
 class FirmwareList(BaseModel):
@@ -173,6 +183,15 @@ IF_MATCH = Header(alias="If-Match", description="The job version you last saw")
 # --- firmwares -------------------------------------------------------------------------------
 
 FIRMWARE_BODY = {
+    "parameters": [
+        {
+            "name": signing.HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "base64 ed25519 signature of the bytes (else signed with the key)",
+        }
+    ],
     "requestBody": {
         "required": True,
         "content": {
@@ -185,7 +204,7 @@ FIRMWARE_BODY = {
                 }
             },
         },
-    }
+    },
 }
 
 
@@ -195,7 +214,9 @@ FIRMWARE_BODY = {
     responses={200: {"model": FirmwareOut}, 201: {"model": FirmwareOut}},
 )
 async def put_firmware(version: Version, request: Request) -> JSONResponse:
-    """Upload a firmware image (streamed, hashed and size-checked on the way)."""
+    """Upload a firmware image (streamed, hashed and size-checked on the way). Header
+    `X-Firmware-Signature`: its base64 ed25519 signature, checked with the firmware key;
+    without it, the upload is signed with OTA_FIRMWARE_SIGNING_KEY (if set)."""
     limit = ota_settings.ota().firmware_max_bytes
     declared = request.headers.get("content-length", "")
     content_type = request.headers.get("content-type", "")
@@ -208,6 +229,8 @@ async def put_firmware(version: Version, request: Request) -> JSONResponse:
     try:
         if upload.size == 0:
             raise InvalidData("the firmware is empty", field="file" if is_form else "body")
+        provided = request.headers.get(signing.HEADER)
+        upload.signature = await run_in_threadpool(signing.signature_for, upload.file, provided)
         found, created = await run_in_threadpool(_store_firmware, version, upload)
     finally:
         upload.file.close()
@@ -232,7 +255,19 @@ def _store_firmware(version: str, upload: firmwares.Upload) -> tuple[firmwares.F
             f"firmware {version} exists with other bytes (sha256 {existing.sha256})",
             field="version",
         )
+    if existing.signature is None and upload.signature is not None:
+        signature = upload.signature
+        signed = clients.postgres.transaction(
+            lambda cur: firmwares.add_signature(cur, version, signature)
+        )
+        return signed or existing, False
     return existing, False
+
+
+@api.get("/signing-key", response_model=SigningKey)
+def get_signing_key() -> dict[str, Any]:
+    """The public key firmware signatures verify with: what devices are given to check them."""
+    return {"public_key": signing.public_pem()}
 
 
 @api.get("/firmwares", response_model=FirmwareList)

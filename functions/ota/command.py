@@ -40,6 +40,9 @@ class Command(BaseModel):
     url: str = Field(description="Presigned GET of the firmware object")
     sha256: str = Field(description="Hex digest the device checks the download against")
     size: int = Field(ge=0)
+    signature: str | None = Field(
+        description="base64 ed25519 signature of the firmware's bytes (null: unsigned)"
+    )
     issued_at: datetime
     expires_at: datetime = Field(description="When the link stops working")
 
@@ -63,6 +66,7 @@ def build(job: Job, firmware: Firmware, now: datetime | None = None) -> Command:
         url=url,
         sha256=firmware.sha256,
         size=firmware.size,
+        signature=firmware.signature,
         issued_at=issued,
         expires_at=issued + timedelta(seconds=expiry),
     )

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from psycopg2.extensions import cursor as Cursor
 
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"
-COLUMNS = "version, size, sha256, object_key, created_at"
+COLUMNS = "version, size, sha256, object_key, created_at, signature"
 
 
 class FirmwareConflict(Conflict):
@@ -40,6 +40,7 @@ class Firmware:
     sha256: str
     key: str
     created_at: datetime
+    signature: str | None  # base64 ed25519 over the bytes (functions/ota/signing.py)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -48,6 +49,7 @@ class Firmware:
             "sha256": self.sha256,
             "key": self.key,
             "created_at": iso(self.created_at),
+            "signature": self.signature,
         }
 
 
@@ -58,6 +60,7 @@ class Upload:
     file: IO[bytes]
     size: int
     sha256: str
+    signature: str | None = None
 
     def key(self, version: str) -> str:
         return f"{version}/{self.sha256}.bin"
@@ -145,10 +148,11 @@ def insert(cur: Cursor, version: str, upload: Upload) -> tuple[Firmware, bool]:
     """The row for `version`: ours (True) if it was new, else the one already there."""
     cur.execute(
         f"""
-        INSERT INTO ota.firmwares (version, object_key, size, sha256) VALUES (%s, %s, %s, %s)
+        INSERT INTO ota.firmwares (version, object_key, size, sha256, signature)
+        VALUES (%s, %s, %s, %s, %s)
         ON CONFLICT (version) DO NOTHING RETURNING {COLUMNS}
         """,
-        (version, upload.key(version), upload.size, upload.sha256),
+        (version, upload.key(version), upload.size, upload.sha256, upload.signature),
     )
     row = cur.fetchone()
     if row is not None:
@@ -156,6 +160,18 @@ def insert(cur: Cursor, version: str, upload: Upload) -> tuple[Firmware, bool]:
     existing = find(cur, version)
     assert existing is not None
     return existing, False
+
+
+def add_signature(cur: Cursor, version: str, signature: str) -> Firmware | None:
+    """Sign a firmware uploaded unsigned (its bytes uploaded again with a signature, or once a
+    key exists); None if it has one already."""
+    cur.execute(
+        f"UPDATE ota.firmwares SET signature = %s WHERE version = %s AND signature IS NULL "
+        f"RETURNING {COLUMNS}",
+        (signature, version),
+    )
+    row = cur.fetchone()
+    return Firmware(*row) if row else None
 
 
 def listing(cur: Cursor) -> list[Firmware]:

@@ -22,6 +22,12 @@ class OtaSettings(BaseSettings):
         default=300, ge=0, description="A schedule_time this far in the past still means now"
     )
     mass_max_devices: int = Field(default=10_000, gt=0, description="Devices per mass update")
+    firmware_signing_key: SecretStr | None = Field(
+        default=None, description="ed25519 key (PEM or base64 seed) signing unsigned uploads"
+    )
+    firmware_public_key: str | None = Field(
+        default=None, description="ed25519 key checking provided signatures (default: signer's)"
+    )
 
 
 class OutboxSettings(BaseSettings):

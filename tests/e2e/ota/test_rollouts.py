@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import hashlib
 import itertools
 import math
 import threading
@@ -34,7 +35,7 @@ from devstack.runtime import ticker
 from functions.ota import waves as pacing
 from tests.e2e.conftest import OVERLAY
 from tests.ota_support import Commands, sql
-from tests.support import scaled, wait_for
+from tests.support import s3_client, scaled, wait_for
 
 WAVES = [1, 10, 100]  # waves of 1, 3, 36 devices in `make test`; 3, 27, 270 in `make chaos`
 
@@ -167,6 +168,43 @@ def test_failures_in_wave_2_pause_the_rollout_until_it_is_resumed(
     assert done["counts"]["done"] == len(devices) - len(failing)
     resumed_at = datetime.fromisoformat(resumed.json()["updated_at"])
     assert min(issued(commands, wave3)) >= whole(resumed_at)
+
+
+def test_tampered_firmware_is_refused_by_every_device_and_pauses_the_rollout(
+    mqtt_env: None, ota_api: str, stack_env: dict[str, str]
+) -> None:
+    """Someone who can write the firmware bucket and the database, but holds no signing key,
+    swaps the object and its row's digest: the sha256 check passes on every device, the
+    signature does not. Each device that gets the command reports error (nothing flashed), and
+    the abort rule pauses the rollout."""
+    devices, version = fleet(ota_api, scaled(12, 100))
+    evil = b"\x7fEVIL" * 4_000
+    [(key,)] = sql(stack_env, "SELECT object_key FROM ota.firmwares WHERE version = %s",
+                   (version,))  # fmt: skip
+    s3_client(stack_env).put_object(Bucket="firmware", Key=key, Body=evil)
+    sql(stack_env, "UPDATE ota.firmwares SET sha256 = %s, size = %s WHERE version = %s",
+        (hashlib.sha256(evil).hexdigest(), len(evil), version))  # fmt: skip
+    with running(devices, stack_env, sim.Behaviour(firmware_ms=50, seed=8)):
+        answer = requests.post(f"{ota_api}/rollouts", timeout=30, json={
+            "firmware_version": version, "devices": devices, "waves": [100],
+            "abort": {"failure_percent": 20, "min_finished": 3}})  # fmt: skip
+        assert answer.status_code == 201, answer.text
+        rid = answer.json()["id"]
+        paused = wait_for(lambda: (r := rollout(ota_api, rid))["status"] == "paused" and r,
+                          timeout=90, interval=0.3, what="the rollout paused")  # fmt: skip
+        assert "abort.failure_percent 20%" in paused["reason"]
+        in_flight = ("ready", "scheduled", "dispatched", "downloading", "flashing")
+        wait_for(lambda: not any(rollout(ota_api, rid)["counts"][s] for s in in_flight),
+                 timeout=60, interval=0.3, what="the dispatched jobs finished")  # fmt: skip
+    counts = rollout(ota_api, rid)["counts"]
+    assert counts["done"] == 0 and counts["error"] >= 3
+    reported = sql(stack_env, "SELECT s.error, count(*) FROM ota.device_statuses s JOIN "
+                   "ota.rollout_devices rd ON rd.job_id = s.job_id WHERE rd.rollout_id = %s "
+                   "AND s.status = 'error' GROUP BY 1", (rid,))  # fmt: skip
+    assert reported == [("signature mismatch", counts["error"])]
+    current = sql(stack_env, "SELECT count(*) FROM ota.devices WHERE device_id = ANY(%s) "
+                  "AND current_firmware = %s", (devices, version))  # fmt: skip
+    assert current == [(0,)]
 
 
 @pytest.mark.chaos

@@ -187,7 +187,7 @@ def test_simulated_devices_download_verify_and_report_over_a_flaky_link(
             publish(mqtt_client, sim.command_topic(device_id), {
                 "message_id": str(uuid.uuid4()), "job_id": job_id, "device_id": device_id,
                 "firmware_version": version, "url": url, "size": fw["size"],
-                "sha256": "0" * 64 if bad else fw["sha256"],
+                "sha256": "0" * 64 if bad else fw["sha256"], "signature": fw["signature"],
                 "issued_at": datetime.now(UTC).isoformat(),
                 "expires_at": (datetime.now(UTC) + timedelta(minutes=10)).isoformat(),
             })  # fmt: skip

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from functions.ota import signing
 from tests.ota_support import outbox_rows, sql, unique
 from tests.support import s3_client
 
@@ -52,6 +53,37 @@ def test_a_firmware_is_stored_with_its_digest_and_reuploads_are_judged_by_bytes(
     assert found in api.get("/firmwares").json()["firmwares"]
     (row,) = sql(ota_env, "SELECT sha256 FROM ota.firmwares WHERE version = %s", (version,))
     assert row[0] == found["sha256"]
+
+
+def test_a_firmware_is_signed_with_the_stacks_key_and_a_provided_signature_is_checked(
+    api: Any, ota_env: dict[str, str]
+) -> None:
+    key = signing.verifier()
+    assert key is not None, "make up writes OTA_FIRMWARE_SIGNING_KEY into .devstack/env"
+    assert api.get("/signing-key").json()["public_key"] == signing.public_pem()
+    version, body = unique("fw"), os.urandom(5000)
+    signed = api.put(f"/firmwares/{version}", content=body).json()
+    assert signing.verifies(key, signed["signature"], body)
+    (row,) = sql(ota_env, "SELECT signature FROM ota.firmwares WHERE version = %s", (version,))
+    assert row[0] == signed["signature"]
+    # uploaded before a key existed: the same bytes again sign it
+    sql(ota_env, "UPDATE ota.firmwares SET signature = NULL WHERE version = %s", (version,))
+    again = api.put(f"/firmwares/{version}", content=body)
+    assert again.status_code == 200 and signing.verifies(key, again.json()["signature"], body)
+
+    other = os.urandom(5000)  # a signature of other bytes, and one that is no signature
+    for bad in (signed["signature"], "bm90IGEgc2lnbmF0dXJl"):
+        version = unique("fw")
+        refused = api.put(f"/firmwares/{version}", content=other,
+                          headers={"x-firmware-signature": bad})  # fmt: skip
+        assert refused.status_code == 422 and refused.json()["field"] == "x-firmware-signature"
+        assert api.get(f"/firmwares/{version}").status_code == 404
+        listed = s3_client(ota_env).list_objects_v2(Bucket="firmware", Prefix=f"{version}/")
+        assert listed.get("KeyCount", 0) == 0
+    version = unique("fw")
+    kept = api.put(f"/firmwares/{version}", content=body,
+                   headers={"x-firmware-signature": signed["signature"]})  # fmt: skip
+    assert kept.status_code == 201 and kept.json()["signature"] == signed["signature"]
 
 
 def test_a_multipart_upload_stores_only_the_file_part(api: Any) -> None:

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from devstack.process import free_port
+from functions.ota import signing
 from functions.runtime import settings
 from tests.ota_support import Commands, outbox_rows, post_event, sql
 from tests.support import wait_for
@@ -57,7 +58,7 @@ def test_a_ready_job_gets_its_command_and_the_link_serves_the_firmware(
     (cmd,) = wait_for(lambda: subscriber.of(device_id), what="the command")
     firmware = api.get(f"/firmwares/{event['firmware_version']}").json()
     assert set(cmd) == {"message_id", "job_id", "device_id", "firmware_version", "url",
-                        "sha256", "size", "issued_at", "expires_at"}  # fmt: skip
+                        "sha256", "size", "signature", "issued_at", "expires_at"}  # fmt: skip
     assert (cmd["job_id"], cmd["device_id"], cmd["firmware_version"]) == (
         job_id, device_id, event["firmware_version"]
     )  # fmt: skip
@@ -67,6 +68,9 @@ def test_a_ready_job_gets_its_command_and_the_link_serves_the_firmware(
     download = requests.get(cmd["url"], timeout=10)
     assert download.status_code == 200
     assert hashlib.sha256(download.content).hexdigest() == firmware["sha256"]
+    key = signing.verifier()
+    assert key is not None and cmd["signature"] == firmware["signature"]
+    assert signing.verifies(key, cmd["signature"], download.content)
 
     status, version, message_id, deadline = job_row(ota_env, job_id)
     assert (status, version, message_id) == ("dispatched", event["version"] + 1, cmd["message_id"])
