@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 from tests.ota_support import unique
@@ -14,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def test_the_documented_curl_session_works(ota_api: str, tmp_path: Path) -> None:
     doc = (ROOT / "docs" / "ota.md").read_text()
-    [script] = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "/firmwares/" in b]
+    [script] = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "/jobs" in b]
     # versions and devices are global: this run's own names, as the doc tells a reader to pick
     for name in ("1.2.0", "1.2.1", "dev-1"):
         script = script.replace(name, unique(name))
@@ -38,6 +39,19 @@ def test_the_documented_curl_session_works(ota_api: str, tmp_path: Path) -> None
     assert patched["schedule"]["due_at"] == "2030-01-01T08:00:00Z"
     assert cancelled["status"] == "cancelled" and cancelled["status_reason"] == "recalled"
     assert [job["status"] for job in listed["jobs"]] == ["cancelled"]
+
+
+def test_the_documented_signature_check_works(ota_api: str, tmp_path: Path) -> None:
+    doc = (ROOT / "docs" / "ota.md").read_text()
+    [script] = [b for b in re.findall(r"```bash\n(.*?)```", doc, re.S) if "/signing-key" in b]
+    script = textwrap.dedent(script).replace("1.3.0", unique("1.3.0"))
+    script = script.replace(".venv/bin/python", str(ROOT / ".venv" / "bin" / "python"))
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", f"API={ota_api}\n{script}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "Signature Verified Successfully"
 
 
 def test_the_documented_rollout_session_works(ota_api: str, firmware: str, tmp_path: Path) -> None:
