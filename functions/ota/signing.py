@@ -54,7 +54,8 @@ def public_key(text: str) -> Ed25519PublicKey:
 
 def _signer() -> Ed25519PrivateKey | None:
     secret = ota_settings.ota().firmware_signing_key
-    return private_key(secret.get_secret_value()) if secret else None
+    text = secret.get_secret_value() if secret else ""
+    return private_key(text) if text.strip() else None  # empty: not set
 
 
 def verifier() -> Ed25519PublicKey | None:
