@@ -24,11 +24,16 @@ HEADER = "x-firmware-signature"
 SIGNATURE_BYTES = 64
 
 
-def _raw(text: str, setting: str) -> bytes:
+def _decoded(text: str) -> bytes:
+    """The bytes of a base64 text; empty when it is none."""
     try:
-        raw = base64.b64decode(text.strip(), validate=True)
+        return base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raw = b""
+        return b""
+
+
+def _raw(text: str, setting: str) -> bytes:
+    raw = _decoded(text)
     if len(raw) != 32:
         raise SettingsError(setting, "neither PEM nor the base64 of a raw 32-byte ed25519 key")
     return raw
@@ -79,8 +84,8 @@ def public_pem() -> str | None:
 
 def verifies(key: Ed25519PublicKey, signature: str, data: bytes) -> bool:
     try:
-        key.verify(base64.b64decode(signature, validate=True), data)
-    except (InvalidSignature, binascii.Error, ValueError):
+        key.verify(_decoded(signature), data)
+    except InvalidSignature:
         return False
     return True
 
@@ -91,10 +96,7 @@ def signature_for(file: IO[bytes], provided: str | None) -> str | None:
     data = file.read()
     file.seek(0)
     if provided is not None:
-        try:
-            raw = base64.b64decode(provided.strip(), validate=True)
-        except (binascii.Error, ValueError):
-            raw = b""
+        raw = _decoded(provided)
         if len(raw) != SIGNATURE_BYTES:
             raise InvalidData("not the base64 of a 64-byte ed25519 signature", field=HEADER)
         key = verifier()
