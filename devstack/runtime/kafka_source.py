@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from cloudevents.http import CloudEvent
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer
 from kafka.admin import OffsetSpec
@@ -230,15 +229,7 @@ class Source:
         # A join waits at most the rebalance timeout (max.poll.interval) for the other members
         self.stuck_after = rebalance_s + 30
         self.polling_since: float | None = None
-        self._local = threading.local()  # a keep-alive session per delivering thread
-        self._sessions: list[requests.Session] = []
-
-    @property
-    def session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-            self._sessions.append(self._local.session)
-        return self._local.session  # type: ignore[no-any-return]
+        self.sessions = sink.Sessions()  # a keep-alive session per delivering thread
 
     def run(self) -> None:
         # The topics' partitions known before the first join: kafka-python 3.0.12 joined
@@ -272,8 +263,7 @@ class Source:
             pool.shutdown()
             self.acknowledged.commit()
             self.consumer.close(autocommit=False)
-            for session in self._sessions:
-                session.close()
+            self.sessions.close()
 
     def _wait_for_partitions(self, topic: str, patience: float = 30.0) -> None:
         """Until the topic's partitions are known; a topic still missing after `patience` s
@@ -307,7 +297,7 @@ class Source:
             event = to_cloudevent(record, self.namespace, self.name)
             try:
                 sink.post_with_retries(
-                    self.session,
+                    self.sessions.get(),
                     self.url,
                     event,
                     source=f"kafka-source/{self.name}",
@@ -331,7 +321,7 @@ class Source:
             return  # committed past, as Knative without a dead-letter sink
         try:
             sink.post_with_retries(
-                self.session,
+                self.sessions.get(),
                 self.dead_letter,
                 sink.dead_letter_event(event, destination=self.url, reason=reason),
                 source=f"kafka-source/{self.name}/dead-letter",

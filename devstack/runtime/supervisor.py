@@ -120,6 +120,7 @@ def components(values: wiring.Values, overlays: Sequence[Path] = ()) -> list[Com
             **({"OBJECTFLOW_MAX_EVENT_BYTES": str(limit)} if limit else {}),
             "OBJECTFLOW_MQTT_ROUTES": routes_json,
             "OBJECTFLOW_MQTT_CLIENT_ID": bridge.client_id,
+            "OBJECTFLOW_MQTT_LANES": str(bridge.lanes),
         }
         found.append(
             Component("mqtt-bridge", [sys.executable, "-m", "functions.sources.mqtt_bridge"], env)

@@ -18,7 +18,6 @@ of the record of an empty object; that is a size of 0.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import json
@@ -28,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-import requests
 from cloudevents.http import CloudEvent
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -231,9 +229,7 @@ def authorized(header: str | None, token: str) -> bool:
 # --- the HTTP function ------------------------------------------------------------------------
 
 
-@functools.cache
-def _session() -> requests.Session:
-    return requests.Session()  # keep-alive to the sink across notifications
+_SESSIONS = sink.Sessions()  # keep-alive to the sink across notifications
 
 
 def _token() -> str:
@@ -266,7 +262,7 @@ def _forward(events: list[CloudEvent]) -> None:
         ):  # fmt: skip
             event["traceparent"] = trace
             try:
-                sink.post(_session(), url, event)
+                sink.post(_SESSIONS.get(), url, event)
             except sink.SinkRejected as exc:
                 log.error("sink rejected the event for good", extra={"error": str(exc)})
                 sink.MESSAGES.labels(NAME, "rejected").inc()

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import requests
 from cloudevents.http import CloudEvent
 from prometheus_client import Counter, Gauge
 from pydantic import Field
@@ -153,15 +152,9 @@ class Outbox:
         self.origin = f"mongodb://{host}:{port}/{cfg.database_name}"
         self.leases = Leases(self.timing.lease_seconds)
         self.stopping = threading.Event()
-        self.sessions = threading.local()
+        self.sessions = sink.Sessions()
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="outbox-post")
         self.failures = 0  # MongoDB failures in a row (the reconnect backoff)
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self.sessions, "session"):
-            self.sessions.session = requests.Session()
-        session: requests.Session = self.sessions.session
-        return session
 
     def prepare(self) -> Any:
         """Indexes (status; the claims' doc + gen), then a change stream if the server has one."""
@@ -212,7 +205,7 @@ class Outbox:
                 DOCUMENTS.labels(SOURCE, "found").inc()
             try:
                 sink.post_until_accepted(
-                    self._session(), self.sink_url, event, source=SOURCE, stop=self.stopping,
+                    self.sessions.get(), self.sink_url, event, source=SOURCE, stop=self.stopping,
                     max_wait=self.config.max_backoff,
                 )  # fmt: skip
                 outcome = "posted" if first else "reposted"

@@ -9,6 +9,11 @@ id: MQTT resends an unacknowledged message with the same packet id (and the DUP 
 new message, even with byte-identical payload, gets the next free one. A route's
 `partition-segment` becomes the `partitionkey` extension, by which `ordered` triggers keep order.
 
+Posts run on `OBJECTFLOW_MQTT_LANES` threads (default 8), so the messages of a burst share the
+broker's journal fsyncs instead of waiting for one each. The messages of one partition key (else
+of one topic) always take the same lane, one at a time, so they reach the sink in arrival order;
+acknowledgements go out in arrival order.
+
 A route with `kafka-topic` produces to Kafka instead (the OTA device statuses): the payload as it
 came, the partition segment as record key, no judgement but the topic's; the message is
 acknowledged once Kafka acknowledged the record (acks=all), retried until then. Those sends are
@@ -20,25 +25,28 @@ otherwise).
 
 What the sink can never accept (a final 4xx, or an event above the broker class's size limit,
 which the Kafka broker answers with a 503 like an outage) goes to the dead-letter sink and is
-acknowledged, so the one worker never retries a single message forever.
+acknowledged, so a lane never retries a single message forever.
 
 Settings: `K_SINK`, `OBJECTFLOW_MQTT_ROUTES` (JSON list of values.yaml `sources.mqtt-bridge`
-routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_METRICS_PORT`, `OBJECTFLOW_DEAD_LETTER_SINK`
-and `OBJECTFLOW_MAX_EVENT_BYTES` (optional), the `MQTT_*` connection settings and, for Kafka
-routes, the `KAFKA_*` ones.
+routes), `OBJECTFLOW_MQTT_CLIENT_ID`, `OBJECTFLOW_MQTT_LANES`, `OBJECTFLOW_METRICS_PORT`,
+`OBJECTFLOW_DEAD_LETTER_SINK` and `OBJECTFLOW_MAX_EVENT_BYTES` (optional), the `MQTT_*`
+connection settings and, for Kafka routes, the `KAFKA_*` ones.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
 import queue
 import sys
 import threading
+import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -68,6 +76,7 @@ class BridgeSettings(BaseSettings):
 
     routes: list[MqttRoute] = Field(min_length=1)
     client_id: str = Field(default=MqttBridge().client_id, min_length=1)
+    lanes: int = Field(default=MqttBridge().lanes, ge=1, le=64)
     metrics_port: int | None = Field(
         default=None, gt=0, lt=65536, validation_alias="OBJECTFLOW_METRICS_PORT"
     )
@@ -162,12 +171,33 @@ def trace_header(event: CloudEvent) -> list[tuple[str, bytes]]:
 
 @dataclass
 class InFlight:
-    """A message of a Kafka route whose record was sent and is not yet acknowledged."""
+    """A message handed on and not yet acknowledged on MQTT."""
 
     message: MQTTMessage
-    topic: str
+    topic: str | None  # its Kafka topic; None: posted to the sink by a lane
     event: CloudEvent
-    future: Any  # kafka-python's FutureRecordMetadata
+    future: Any  # kafka-python's FutureRecordMetadata; a lane's Future of the outcome
+
+
+class Lanes:
+    """Single-thread posting lanes: the same key always takes the same lane, so the events of one
+    key are posted one after the other, in the order they were submitted."""
+
+    def __init__(self, count: int) -> None:
+        self.pools = [
+            ThreadPoolExecutor(1, thread_name_prefix=f"mqtt-bridge-lane-{n}") for n in range(count)
+        ]
+        self.sessions = sink.Sessions()
+
+    def submit(self, key: str, work: Callable[[requests.Session], str]) -> Future[str]:
+        lane = self.pools[zlib.crc32(key.encode()) % len(self.pools)]
+        # the caller's log context (event id, topic) goes along to the lane's thread
+        return lane.submit(contextvars.copy_context().run, lambda: work(self.sessions.get()))
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self.sessions.close()
 
 
 @dataclass
@@ -179,7 +209,7 @@ class Bridge:
     def __post_init__(self) -> None:
         self.inbox: queue.Queue[MQTTMessage | None] = queue.Queue()
         self.stopping = threading.Event()
-        self.session = requests.Session()
+        self.lanes = Lanes(self.config.lanes)
         self.client: Any = None
         self.kafka: Any = None  # the producer of the Kafka routes, made on first use
         self.in_flight: deque[InFlight] = deque()  # arrival order
@@ -267,13 +297,15 @@ class Bridge:
             traceparent=event["traceparent"],
             topic=message.topic,
         ):
-            if route.kafka_topic is not None and self.send(route.kafka_topic, message, event):
+            if route.kafka_topic is None:
+                key = event.get("partitionkey") or message.topic
+                posted = self.lanes.submit(key, lambda session: self.forward(session, event))
+                self.in_flight.append(InFlight(message, None, event, posted))
+                return  # acknowledged by `settle`
+            if self.send(route.kafka_topic, message, event):
                 return  # in flight: acknowledged by `settle`
             self.settle(wait=True)
-            if route.kafka_topic is None:
-                outcome = self.forward(event)
-            else:
-                outcome = self.produce(route.kafka_topic, event, bytes(message.payload))
+            outcome = self.produce(route.kafka_topic, event, bytes(message.payload))
         self._ack(message, outcome)
 
     def _ack(self, message: MQTTMessage, outcome: str) -> None:
@@ -304,11 +336,19 @@ class Bridge:
         return True
 
     def settle(self, *, wait: bool) -> None:
-        """Ack, in arrival order, the in-flight messages Kafka has acknowledged (`wait`: all of
-        them, waiting for each). From the first failed send on, every one still in flight is
-        produced again in order with retries; raises SinkUnavailable only when stopping."""
+        """Ack, in arrival order, the in-flight messages the sink or Kafka has acknowledged
+        (`wait`: all of them, waiting for each). From the first failed Kafka send on, every one
+        still in flight is produced again in order with retries; raises SinkUnavailable only when
+        stopping."""
         while self.in_flight:
             head = self.in_flight[0]
+            if head.topic is None:  # a lane's post: it retries until accepted or stopping
+                if not head.future.done() and not wait:
+                    return
+                outcome = head.future.result()
+                self.in_flight.popleft()
+                self._ack(head.message, outcome)
+                continue
             if not head.future.is_done:
                 if not wait:
                     return
@@ -322,18 +362,21 @@ class Bridge:
                 )  # fmt: skip
                 while self.in_flight:
                     item = self.in_flight[0]
-                    outcome = self.produce(item.topic, item.event, bytes(item.message.payload))
+                    if item.topic is None:
+                        outcome = item.future.result()
+                    else:
+                        outcome = self.produce(item.topic, item.event, bytes(item.message.payload))
                     self.in_flight.popleft()
                     self._ack(item.message, outcome)
                 return
             self.in_flight.popleft()
             self._ack(head.message, "forwarded")
 
-    def forward(self, event: CloudEvent) -> str:
+    def forward(self, session: requests.Session, event: CloudEvent) -> str:
         try:
             self._check_size(event)
             sink.post_until_accepted(
-                self.session,
+                session,
                 self.sink_url,
                 event,
                 source=SOURCE,
@@ -341,7 +384,7 @@ class Bridge:
                 max_wait=self.config.max_backoff,
             )
         except sink.SinkRejected as exc:
-            return self.park(event, exc)
+            return self.park(session, event, exc)
         return "forwarded"
 
     def produce(self, topic: str, event: CloudEvent, payload: bytes) -> str:
@@ -381,7 +424,8 @@ class Bridge:
                 reraise=True,
             )(send)
         except MessageSizeTooLargeError as exc:
-            return self.park(event, sink.SinkRejected(f"kafka {topic}: {exc}", body=str(exc)))
+            reason = sink.SinkRejected(f"kafka {topic}: {exc}", body=str(exc))
+            return self.park(self.lanes.sessions.get(), event, reason)
         except KafkaError as exc:  # only when stopping: not acked, redelivered next run
             raise sink.SinkUnavailable(f"kafka {topic}: {exc}") from exc
         return "forwarded"
@@ -395,7 +439,7 @@ class Bridge:
             detail = f"the event is {size} bytes, over the broker's limit of {limit}"
             raise sink.SinkRejected(detail, body=detail)
 
-    def park(self, event: CloudEvent, reason: sink.SinkRejected) -> str:
+    def park(self, session: requests.Session, event: CloudEvent, reason: sink.SinkRejected) -> str:
         """Dead-letter an event the sink can never accept; then it is acknowledged. Raises
         SinkUnavailable only when stopping (the message is then redelivered next run)."""
         url = self.config.dead_letter_sink
@@ -408,7 +452,7 @@ class Bridge:
         )
         try:
             sink.dead_letter(
-                self.session, url, event, destination=self.sink_url, reason=reason,
+                session, url, event, destination=self.sink_url, reason=reason,
                 source=SOURCE, stop=self.stopping,
             )  # fmt: skip
         except sink.SinkRejected as exc:
@@ -448,6 +492,7 @@ class Bridge:
         self.stopping.wait()
         self.inbox.put(None)
         worker.join(timeout=10)
+        self.lanes.close()
         self.client.disconnect()
         self.client.loop_stop()
         if self.kafka is not None:

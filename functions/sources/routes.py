@@ -46,6 +46,10 @@ class MqttBridge(BaseModel):
     model_config = VALUES_CONFIG
 
     client_id: str = "objectflow-mqtt-bridge"
+    lanes: int = Field(
+        default=8, ge=1, le=64,
+        description="Posts to the sink at once (the messages of one partition key: one at a time)",
+    )  # fmt: skip
     routes: list[MqttRoute] = []
     sink: str | None = Field(
         default=None,

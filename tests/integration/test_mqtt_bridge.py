@@ -9,12 +9,16 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
+from cloudevents.http import CloudEvent
 
 from devstack.process import free_port
 from functions.runtime import clients, settings, tracing
@@ -143,6 +147,36 @@ def test_each_message_becomes_one_cloudevent(
     assert all(e["source"].endswith(f"/{prefix}/{e['subject']}/reading") for e in events)
     assert all(e.get_data()["device"] == e["subject"] for e in events)
     assert seqs(sink, "dev-1") == [1, 5, 9, 13, 17]  # one topic keeps its order
+
+
+def test_posts_of_different_keys_overlap_while_each_key_keeps_its_order(
+    bridge: BridgeProcess, sink: RecordingSink, publish: Publisher
+) -> None:
+    """The lanes: a slow sink is posted to for several devices at once, never twice at once for
+    one device (its topic is its key here), and each device's events arrive in order."""
+    lock = threading.Lock()
+    active: Counter[str] = Counter()
+    peak, peak_per_device = 0, 0
+
+    def slow(event: CloudEvent) -> int:
+        nonlocal peak, peak_per_device
+        with lock:
+            active[event["subject"]] += 1
+            peak = max(peak, sum(active.values()))
+            peak_per_device = max(peak_per_device, active[event["subject"]])
+        time.sleep(0.05)
+        with lock:
+            active[event["subject"]] -= 1
+        return 202
+
+    sink.answer = slow
+    for seq in range(48):
+        publish(f"dev-{seq % 8}", seq)
+    wait_for(lambda: len(sink.accepted(unique=True)) == 48, timeout=60, what="48 events")
+    assert peak > 1, "posts of different devices should overlap"
+    assert peak_per_device == 1, "one device's posts must go one at a time"
+    for device in range(8):
+        assert seqs(sink, f"dev-{device}") == list(range(device, 48, 8))
 
 
 def test_messages_published_during_a_sink_outage_arrive_after_it(
