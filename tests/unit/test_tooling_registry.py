@@ -18,7 +18,8 @@ def test_demos_and_benches_are_found_by_folder() -> None:
     benches = registry.discover()
     assert [b.name for b in benches][:2] == ["runtime", "camera"]  # by ORDER
     camera = next(b for b in benches if b.name == "camera")
-    assert camera.options["cameras"][0] == 100 and camera.summary.startswith("Camera ingestion")
+    assert camera.options["cameras"][0] == "10,30,100"
+    assert camera.summary.startswith("Camera ingestion")
 
 
 def test_only_and_set_select_and_type_a_benchmarks_settings() -> None:
@@ -27,13 +28,13 @@ def test_only_and_set_select_and_type_a_benchmarks_settings() -> None:
     assert [b.name for b in camera] == ["camera"]
     assert registry.select(["all"], benches) == benches
     settings = registry.parse_settings(["cameras=30", "chunk-bytes=512", "period=0.5"], camera)
-    assert settings == {"camera": {"cameras": 30, "chunk_bytes": 512, "period": 0.5}}
+    assert settings == {"camera": {"cameras": "30", "chunk_bytes": 512, "period": 0.5}}
     with pytest.raises(DevstackError, match="no benchmark nope"):
         registry.select(["nope"], benches)
     with pytest.raises(DevstackError, match="repeats"):  # runtime's, not camera's
         registry.parse_settings(["repeats=1"], camera)
     with pytest.raises(DevstackError, match="not a int"):
-        registry.parse_settings(["cameras=many"], camera)
+        registry.parse_settings(["chunks=many"], camera)
 
 
 def test_run_passes_defaults_overridden_by_settings(monkeypatch: pytest.MonkeyPatch) -> None:
