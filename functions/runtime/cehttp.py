@@ -9,6 +9,7 @@ on the way (HTTP header values are Latin-1 at best). Use these two instead of th
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote
@@ -45,16 +46,28 @@ def decode(headers: Mapping[str, str], body: bytes | None, *, raw_data: bool = F
     `raw_data`: a binary-mode body stays bytes (a broker forwarding it unchanged, as Knative's do)
     instead of being parsed as JSON and serialised again."""
     plain = {k.lower(): unquote(v) if _is_attribute(k) else v for k, v in headers.items()}
-    if not raw_data:
-        return from_http(plain, body)
     if plain.get("ce-specversion") == "1.0" and all(h in plain for h in _REQUIRED):
         # What the SDK builds from a complete binary-mode request, without its per-event
-        # marshaller objects (the broker's ingress); anything else gets the SDK's checks.
+        # marshaller objects (the broker's ingress, every function's event); anything else gets
+        # the SDK's checks.
         attributes = {k[3:]: v for k, v in plain.items() if k.startswith("ce-")}
         if "content-type" in plain:
             attributes["datacontenttype"] = plain["content-type"]
-        return CloudEvent(attributes, body or None)
+        data: Any = body or None
+        if data is not None and not raw_data:
+            data = _json_or_bytes(data)
+        return CloudEvent(attributes, data)
+    if not raw_data:
+        return from_http(plain, body)
     return from_http(plain, body, data_unmarshaller=lambda data: data)
+
+
+def _json_or_bytes(body: bytes) -> Any:
+    """The SDK's default data unmarshaller: the parsed JSON, else the body as it came."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, TypeError, UnicodeDecodeError):
+        return body
 
 
 def _is_attribute(header: str) -> bool:

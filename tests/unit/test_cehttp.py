@@ -28,14 +28,33 @@ BINARY = [
         b"\x00\xff raw",
     ),
     ({"ce-specversion": "1.0", "ce-id": "3", "ce-source": "/s", "ce-type": "t"}, b""),
+    (
+        {
+            "ce-specversion": "1.0",
+            "ce-id": "4",
+            "ce-source": "/s",
+            "ce-type": "t",
+            "content-type": "application/json",
+        },
+        b'[1, "two", {"3": null}]',
+    ),
+    ({"ce-specversion": "1.0", "ce-id": "5", "ce-source": "/s", "ce-type": "t"}, b"{not json"),
+    ({"ce-specversion": "1.0", "ce-id": "6", "ce-source": "/s", "ce-type": "t"}, b'"\xff"'),
 ]
 
 
+@pytest.mark.parametrize("raw_data", [True, False])
 @pytest.mark.parametrize(("headers", "body"), BINARY)
-def test_binary_decode_matches_the_sdk(headers: dict[str, str], body: bytes) -> None:
-    fast = cehttp.decode(headers, body, raw_data=True)
+def test_binary_decode_matches_the_sdk(
+    headers: dict[str, str], body: bytes, raw_data: bool
+) -> None:
+    fast = cehttp.decode(headers, body, raw_data=raw_data)
     plain = {k: unquote(v) if k.lower().startswith("ce-") else v for k, v in headers.items()}
-    sdk = from_http(plain, body, data_unmarshaller=lambda data: data)
+    sdk = (
+        from_http(plain, body, data_unmarshaller=lambda data: data)
+        if raw_data
+        else from_http(plain, body)
+    )
     same_time = {"time": sdk["time"]}  # the SDK stamps a missing `time` with now
     assert {**fast.get_attributes(), **same_time} == {**sdk.get_attributes(), **same_time}
     assert fast.get_data() == sdk.get_data()
