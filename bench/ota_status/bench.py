@@ -31,6 +31,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -62,18 +63,30 @@ AIM = {"statuses_per_s": 1000.0, "p99_ms": 50.0, "sim_core_pct": 100.0}
 # --- the bench's own Kafka topics and rows ------------------------------------------------
 
 
-def ensure_topics(env: dict[str, str]) -> None:
-    """The bench's topics, made before the runtime starts (a consumer subscribing to a topic
-    that does not exist yet would see it only at its next metadata refresh)."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+def ensure_topics(env: dict[str, str]) -> bool:
+    """The bench's topics with PARTITIONS each, made before the runtime starts (a consumer
+    subscribing to a topic that does not exist yet would see it only at its next metadata
+    refresh). True when a topic had fewer and was grown: the bench's Kafka source, auto-creating
+    it with the broker's default when an earlier benchmark started the runtime, subscribed
+    first, and must start again to see them."""
+    from kafka.admin import KafkaAdminClient, NewPartitions, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     admin = KafkaAdminClient(bootstrap_servers=env["KAFKA_BOOTSTRAP_SERVERS"])
     try:
-        missing = set([*TOPICS.values(), DLQ_TOPIC]) - set(admin.list_topics())
+        wanted = [*TOPICS.values(), DLQ_TOPIC]
+        missing = set(wanted) - set(admin.list_topics())
         for topic in sorted(missing):
             with contextlib.suppress(TopicAlreadyExistsError):  # made meanwhile
                 admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
+        short = {
+            found["name"]: NewPartitions(PARTITIONS)
+            for found in admin.describe_topics(wanted)
+            if len(found["partitions"]) < PARTITIONS
+        }
+        if short:
+            admin.create_partitions(short)
+        return bool(short)
     finally:
         admin.close()
 
@@ -377,7 +390,7 @@ def run(
     warmup: float,
 ) -> bool:
     env = stack_env()
-    ensure_topics(env)
+    grown = ensure_topics(env)
     console.print(f"ota-status bench: {devices} devices, {rate:g} statuses/s offered "
                   f"({rate / STATUSES_PER_JOB:g} commands/s); load average "
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (shared machine)")  # fmt: skip
@@ -385,6 +398,9 @@ def run(
     values = load_values(ROOT / "bench" / "values-bench.yaml")
     pids = runtime_pids(runtime["broker"][0], values)
     group = values.sources.kafka[FUNCTION].consumer_group
+    if grown:  # the supervisor starts it again, and it joins with every partition
+        for pid in pids["kafka-source"]:
+            os.kill(pid, signal.SIGTERM)
     wait_assigned(env, group)
     if left := wait_drained(env, group, TOPICS["pipeline"]):
         console.print(f"{group} first worked off {left} records an earlier run left")
