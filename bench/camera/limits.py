@@ -35,7 +35,7 @@ class Limit:
     service: str
     work: str
     per_s: float  # operations per second
-    chunks_per_s: float  # the same rate in chunks (operations per chunk: 1, or 1/chunks)
+    chunks_per_s: float  # the same rate in chunks (an operation is 1 or `chunks` chunks)
 
 
 def _for(seconds: float, step: Callable[[int, int], None]) -> float:
@@ -157,16 +157,10 @@ def measure(chunks: int, chunk_bytes: int, seconds: float) -> list[Limit]:
     size = chunks * chunk_bytes
     first = camera_sim.Capture("bench-limits", camera_sim.image(size), chunks).payloads()[0]
     payload = json.dumps(first).encode()
-    per_chunk = [
-        Limit(
-            "mosquitto", "QoS 1 publish -> subscriber, one chunk", mosquitto(payload, seconds), 0
-        ),
-        Limit("redis", "chunk script, one chunk", redis(chunks, chunk_bytes, seconds), 0),
+    rows = [  # (service, work, operations/s, chunks per operation)
+        ("mosquitto", "QoS 1 publish -> subscriber, one chunk", mosquitto(payload, seconds), 1),
+        ("redis", "chunk script, one chunk", redis(chunks, chunk_bytes, seconds), 1),
+        ("minio", f"PUT of one capture ({size // 1024} KiB)", minio(size, seconds), chunks),
+        ("postgresql", "image row upsert, one capture", postgresql(size, seconds), chunks),
     ]
-    per_capture = [
-        Limit("minio", f"PUT of one capture ({size // 1024} KiB)", minio(size, seconds), 0),
-        Limit("postgresql", "image row upsert, one capture", postgresql(size, seconds), 0),
-    ]
-    return [Limit(x.service, x.work, round(x.per_s, 1), round(x.per_s, 1)) for x in per_chunk] + [
-        Limit(x.service, x.work, round(x.per_s, 1), round(x.per_s * chunks, 1)) for x in per_capture
-    ]
+    return [Limit(s, w, round(rate, 1), round(rate * n, 1)) for s, w, rate, n in rows]
